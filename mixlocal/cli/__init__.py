@@ -1,0 +1,1 @@
+"""The `mixlocal` command line: Typer commands and their rich rendering."""
