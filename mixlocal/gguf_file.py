@@ -89,7 +89,27 @@ class _Cursor:
             return np.frombuffer(self.buf, dtype=dtype, count=count, offset=start)
         if count > self.end:  # each element takes at least one byte
             raise GGUFError("file is truncated (array runs past the end of the file)")
+        if code == _STRING:
+            return self.strings(count)
         return [self.value(code) for _ in range(count)]
+
+    def strings(self, count: int) -> list[str]:
+        # The vocabulary's tens of thousands of strings: one tight loop, no calls per item.
+        buf, pos, end = self.buf, self.pos, self.end
+        unpack, out = struct.Struct("<Q").unpack_from, []
+        try:
+            for _ in range(count):
+                (n,) = unpack(buf, pos)
+                pos += 8
+                if pos + n > end:
+                    raise struct.error
+                out.append(str(buf[pos:pos + n], "utf-8", "replace"))
+                pos += n
+        except struct.error:
+            raise GGUFError("file is truncated (string array runs past the end of the "
+                            "file)") from None
+        self.pos = pos
+        return out
 
 
 class GGUFFile:
