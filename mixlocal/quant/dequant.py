@@ -1,0 +1,293 @@
+"""Numba dequantization: block bytes, where they lie, to float32 rows.
+
+One `dequant_row_<format>(src, dst)` per format decodes one row (`src`: its uint8
+blocks, `dst`: float32 of the row's length). `dequant_row` dispatches on the GGML type
+number, and the parallel drivers below it (whole matrices, gathered rows) are shared by
+every format. Layouts follow gguf-py's quants.py, and each kernel repeats its float32
+operations in the same order, so results match it bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf.constants import GGMLQuantizationType as QT
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# Type numbers as plain ints: Numba freezes these globals into the kernels.
+F32, F16, BF16 = int(QT.F32), int(QT.F16), int(QT.BF16)
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(QT.Q4_0), int(QT.Q4_1), int(QT.Q5_0),
+                                int(QT.Q5_1), int(QT.Q8_0))
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (int(QT.Q2_K), int(QT.Q3_K), int(QT.Q4_K),
+                                int(QT.Q5_K), int(QT.Q6_K))
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret a uint32 as float32 (there is no scalar .view in nopython mode)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+_TWO_112 = np.float32(2.0 ** 112)  # rebiases f16's exponent (15) to f32's (127)
+
+
+@njit(cache=True, inline="always")
+def f16_to_f32(h):
+    """Exact IEEE half -> float32 from the 16 bits, subnormals, inf and nan included."""
+    bits = np.uint32((h & 0x7FFF) << 13)
+    f = _f32_from_bits(bits) * _TWO_112  # scaling also normalises f16 subnormals
+    if bits >= 0x0F800000:  # exponent 31: inf or nan
+        f = _f32_from_bits(np.uint32(bits | 0x7F800000))
+    return -f if h & 0x8000 else f
+
+
+@njit(cache=True, inline="always")
+def _u16(src, o):
+    return np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
+
+
+@njit(cache=True, inline="always")
+def _u32(src, o):
+    return _u16(src, o) | (_u16(src, o + 2) << 16)
+
+
+@njit(cache=True, inline="always")
+def _f16(src, o):
+    return f16_to_f32(_u16(src, o))
+
+
+@njit(cache=True, inline="always")
+def _i8(b):
+    """A uint8 byte read as int8."""
+    return np.int32(b) - ((np.int32(b) & 0x80) << 1)
+
+
+# -- float rows --------------------------------------------------------------------
+
+@njit(cache=True)
+def dequant_row_f32(src, dst):
+    for j in range(dst.size):
+        dst[j] = _f32_from_bits(_u32(src, 4 * j))
+
+
+@njit(cache=True)
+def dequant_row_f16(src, dst):
+    for j in range(dst.size):
+        dst[j] = _f16(src, 2 * j)
+
+
+@njit(cache=True)
+def dequant_row_bf16(src, dst):
+    for j in range(dst.size):
+        dst[j] = _f32_from_bits(_u16(src, 2 * j) << 16)
+
+
+# -- 32-weight blocks: f16 d [, f16 m] [, 32 fifth bits], 16 bytes of nibbles --------
+
+@njit(cache=True, inline="always")
+def _row_32(src, dst, nbytes, has_min, has_high):
+    """w = d * (q - offset) [+ m]; q = nibble [| fifth bit << 4]."""
+    offset = 0 if has_min else (16 if has_high else 8)
+    o_qh = 4 if has_min else 2
+    o_qs = o_qh + (4 if has_high else 0)
+    for blk in range(dst.size // 32):
+        o = blk * nbytes
+        k = blk * 32
+        d = _f16(src, o)
+        m = _f16(src, o + 2) if has_min else np.float32(0.0)
+        qh = _u32(src, o + o_qh) if has_high else np.uint32(0)
+        for j in range(16):
+            b = np.int32(src[o + o_qs + j])
+            lo = (b & 15) | (np.int32((qh >> j) & 1) << 4)
+            hi = (b >> 4) | (np.int32((qh >> (j + 16)) & 1) << 4)
+            w_lo = d * np.float32(lo - offset)
+            w_hi = d * np.float32(hi - offset)
+            if has_min:
+                w_lo += m
+                w_hi += m
+            dst[k + j] = w_lo
+            dst[k + j + 16] = w_hi
+
+
+@njit(cache=True)
+def dequant_row_q4_0(src, dst):
+    _row_32(src, dst, 18, False, False)
+
+
+@njit(cache=True)
+def dequant_row_q4_1(src, dst):
+    _row_32(src, dst, 20, True, False)
+
+
+@njit(cache=True)
+def dequant_row_q5_0(src, dst):
+    _row_32(src, dst, 22, False, True)
+
+
+@njit(cache=True)
+def dequant_row_q5_1(src, dst):
+    _row_32(src, dst, 24, True, True)
+
+
+@njit(cache=True)
+def dequant_row_q8_0(src, dst):
+    for blk in range(dst.size // 32):
+        o = blk * 34
+        d = _f16(src, o)
+        for j in range(32):
+            dst[blk * 32 + j] = np.float32(_i8(src[o + 2 + j])) * d
+
+
+# -- K-quants: 256-weight super-blocks ----------------------------------------------
+
+@njit(cache=True)
+def dequant_row_q2_k(src, dst):
+    # scales[16] (low nibble: scale, high: min), qs[64] of 2-bit values, f16 d, dmin
+    for blk in range(dst.size // 256):
+        o = blk * 84
+        d = _f16(src, o + 80)
+        dmin = _f16(src, o + 82)
+        for h in range(2):
+            for s in range(4):
+                for half in range(2):
+                    sub = h * 8 + s * 2 + half
+                    sc = np.int32(src[o + sub])
+                    dl = d * np.float32(sc & 15)
+                    ml = dmin * np.float32(sc >> 4)
+                    for l in range(half * 16, half * 16 + 16):
+                        q = (np.int32(src[o + 16 + h * 32 + l]) >> (2 * s)) & 3
+                        dst[blk * 256 + h * 128 + s * 32 + l] = dl * np.float32(q) - ml
+
+
+@njit(cache=True, inline="always")
+def _scale_q3_k(src, o, i):
+    """Signed 6-bit scale i of 16: 4 low bits from bytes 0-7, 2 high bits from 8-11."""
+    lo = (np.int32(src[o + (i & 7)]) >> (4 * (i >> 3))) & 15
+    hi = (np.int32(src[o + 8 + (i & 3)]) >> (2 * (i >> 2))) & 3
+    return (lo | (hi << 4)) - 32
+
+
+@njit(cache=True)
+def dequant_row_q3_k(src, dst):
+    # hmask[32] (third bit, set = no -4 offset), qs[64] 2-bit, scales[12], f16 d
+    for blk in range(dst.size // 256):
+        o = blk * 110
+        d = _f16(src, o + 108)
+        for h in range(2):
+            for s in range(4):
+                for half in range(2):
+                    sub = h * 8 + s * 2 + half
+                    dl = d * np.float32(_scale_q3_k(src, o + 96, sub))
+                    for l in range(half * 16, half * 16 + 16):
+                        q = (np.int32(src[o + 32 + h * 32 + l]) >> (2 * s)) & 3
+                        high = (np.int32(src[o + l]) >> (h * 4 + s)) & 1
+                        q -= (high ^ 1) << 2
+                        dst[blk * 256 + h * 128 + s * 32 + l] = dl * np.float32(q)
+
+
+@njit(cache=True, inline="always")
+def scale_min_k4(src, o, i):
+    """Q4_K/Q5_K: 6-bit scale and min of sub-block i (of 8) from the 12 bytes at o."""
+    if i < 4:
+        sc = np.int32(src[o + i]) & 63
+        m = np.int32(src[o + i + 4]) & 63
+    else:
+        sc = (np.int32(src[o + i + 4]) & 15) | ((np.int32(src[o + i - 4]) >> 6) << 4)
+        m = (np.int32(src[o + i + 4]) >> 4) | ((np.int32(src[o + i]) >> 6) << 4)
+    return sc, m
+
+
+@njit(cache=True, inline="always")
+def _row_q45_k(src, dst, nbytes, has_high):
+    # f16 d, f16 dmin, scales[12], [qh[32] fifth bits,] qs[128]: w = d*sc*q - dmin*m
+    o_qs = 48 if has_high else 16
+    for blk in range(dst.size // 256):
+        o = blk * nbytes
+        d = _f16(src, o)
+        dmin = _f16(src, o + 2)
+        for sub in range(8):
+            sc, m = scale_min_k4(src, o + 4, sub)
+            dl = d * np.float32(sc)
+            ml = dmin * np.float32(m)
+            shift = 4 * (sub & 1)
+            for l in range(32):
+                q = (np.int32(src[o + o_qs + (sub >> 1) * 32 + l]) >> shift) & 15
+                if has_high:
+                    q |= ((np.int32(src[o + 16 + l]) >> sub) & 1) << 4
+                dst[blk * 256 + sub * 32 + l] = dl * np.float32(q) - ml
+
+
+@njit(cache=True)
+def dequant_row_q4_k(src, dst):
+    _row_q45_k(src, dst, 144, False)
+
+
+@njit(cache=True)
+def dequant_row_q5_k(src, dst):
+    _row_q45_k(src, dst, 176, True)
+
+
+@njit(cache=True)
+def dequant_row_q6_k(src, dst):
+    # ql[128] low 4 bits, qh[64] high 2 bits, scales[16] int8, f16 d: w = d*sc*(q - 32)
+    for blk in range(dst.size // 256):
+        o = blk * 210
+        d = _f16(src, o + 208)
+        for h in range(2):
+            for sub in range(8):
+                dl = d * np.float32(_i8(src[o + 192 + h * 8 + sub]))
+                i0 = sub * 16
+                for i in range(i0, i0 + 16):
+                    lo = (np.int32(src[o + h * 64 + (i & 63)]) >> (4 * (i >> 6))) & 15
+                    hi = (np.int32(src[o + 128 + h * 32 + (i & 31)]) >> (2 * (i >> 5))) & 3
+                    dst[blk * 256 + h * 128 + i] = dl * np.float32((lo | (hi << 4)) - 32)
+
+
+# -- dispatch and drivers -----------------------------------------------------------
+
+@njit(cache=True)
+def dequant_row(qtype, src, dst):
+    """Decode one row of any supported type (qtype: the GGML type number)."""
+    if qtype == Q4_K:
+        dequant_row_q4_k(src, dst)
+    elif qtype == Q6_K:
+        dequant_row_q6_k(src, dst)
+    elif qtype == Q8_0:
+        dequant_row_q8_0(src, dst)
+    elif qtype == Q5_K:
+        dequant_row_q5_k(src, dst)
+    elif qtype == Q4_0:
+        dequant_row_q4_0(src, dst)
+    elif qtype == Q3_K:
+        dequant_row_q3_k(src, dst)
+    elif qtype == Q2_K:
+        dequant_row_q2_k(src, dst)
+    elif qtype == Q5_0:
+        dequant_row_q5_0(src, dst)
+    elif qtype == Q4_1:
+        dequant_row_q4_1(src, dst)
+    elif qtype == Q5_1:
+        dequant_row_q5_1(src, dst)
+    elif qtype == F32:
+        dequant_row_f32(src, dst)
+    elif qtype == F16:
+        dequant_row_f16(src, dst)
+    elif qtype == BF16:
+        dequant_row_bf16(src, dst)
+
+
+@njit(cache=True, parallel=True)
+def dequant_rows(qtype, data, out):
+    """out[r] = row r of `data` (uint8 (rows, row_bytes)) as float32, rows in parallel."""
+    for r in prange(data.shape[0]):
+        dequant_row(qtype, data[r], out[r])
+
+
+@njit(cache=True, parallel=True)
+def gather_rows(qtype, data, ids, out):
+    """out[i] = row ids[i] of `data` as float32 (an embedding lookup)."""
+    for i in prange(ids.size):
+        dequant_row(qtype, data[ids[i]], out[i])
