@@ -1,0 +1,45 @@
+"""The attention key/value cache: one preallocated buffer per model run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ContextOverflowError(ValueError):
+    """The tokens do not fit in what is left of the context."""
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..length-1.
+
+    Buffers are float32 (n_layer, n_ctx, n_head_kv, head_dim). np.zeros leaves pages
+    untouched until written, so a long context costs memory only as it fills.
+    """
+
+    def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int):
+        if n_ctx <= 0:
+            raise ValueError(f"context size must be positive, not {n_ctx}")
+        shape = (n_layer, n_ctx, n_head_kv, head_dim)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.length = 0
+
+    @property
+    def n_ctx(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def free(self) -> int:
+        return self.n_ctx - self.length
+
+    def check_fits(self, n: int, what: str = "input") -> None:
+        if n > self.free:
+            used = f" ({self.length} already used)" if self.length else ""
+            raise ContextOverflowError(f"{what} of {n} tokens does not fit the context of "
+                                       f"{self.n_ctx}{used}")
+
+    def truncate(self, n: int) -> None:
+        """Forget every position from n on (a chat rolls back an answer this way)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        self.length = n

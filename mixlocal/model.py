@@ -1,0 +1,202 @@
+"""The llama / Mixtral forward pass over quantized weights.
+
+One code path serves a prompt and a single token: every product goes through
+`_linear`, which uses a matrix-vector kernel for one row and a matrix product for
+many. In the MoE layer all tokens are routed first, then each chosen expert runs once
+on the tokens it received; experts nobody chose are never read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+
+from . import quant
+from .config import ModelConfig
+from .gguf_file import GGUFFile
+from .kv_cache import KVCache
+from .weights import Expert, Layer, Weights, load_weights
+
+DEFAULT_N_CTX = 4096
+N_BATCH = 256  # prompt tokens per forward step: bounds the attention score buffers
+
+
+class RouteObserver(Protocol):
+    def on_route(self, layer: int, positions: np.ndarray, experts: np.ndarray,
+                 weights: np.ndarray) -> None:
+        """experts, weights: (n, k) chosen experts per token, best first."""
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use n threads in the kernels (default: all cores); returns the number set."""
+    import numba
+    n = n or os.cpu_count() or 1
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    if hasattr(quant, "set_threads"):
+        quant.set_threads(n)
+    else:
+        numba.set_num_threads(n)
+    return n
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)
+    return x * (1.0 / np.sqrt(ms + eps)) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    # The tanh form of the sigmoid cannot overflow.
+    return x * (0.5 + 0.5 * np.tanh(0.5 * x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _linear(w: quant.QTensor, x: np.ndarray) -> np.ndarray:
+    """x (n, cols) -> (n, rows)."""
+    if len(x) == 1:
+        return quant.matvec(w, x[0])[None, :]
+    return quant.matmul(w, x)
+
+
+class Rope:
+    """llama.cpp's "normal" RoPE: rotates adjacent pairs (x[2i], x[2i+1]) of the first
+    rope_dim features by pos * base^(-2i/rope_dim)."""
+
+    def __init__(self, rope_dim: int, base: float, n_ctx: int):
+        inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)
+        angles = np.outer(np.arange(n_ctx, dtype=np.float64), inv_freq)
+        self.cos = np.cos(angles).astype(np.float32)
+        self.sin = np.sin(angles).astype(np.float32)
+        self.dim = rope_dim
+
+    def __call__(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """x (n, heads, head_dim), rotated in place and returned."""
+        cos = self.cos[positions][:, None, :]
+        sin = self.sin[positions][:, None, :]
+        even, odd = x[..., 0:self.dim:2].copy(), x[..., 1:self.dim:2].copy()
+        x[..., 0:self.dim:2] = even * cos - odd * sin
+        x[..., 1:self.dim:2] = even * sin + odd * cos
+        return x
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """Causal grouped-query attention.
+
+    q (n, n_head, hd) at positions start..start+n-1; k, v (T, n_head_kv, hd) for
+    positions 0..T-1 with T = start + n. Query head h reads key/value head h // group.
+    Returns (n, n_head * hd).
+    """
+    n, n_head, hd = q.shape
+    t, n_kv, _ = k.shape
+    group = n_head // n_kv
+    qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
+    scores = qg @ k.transpose(1, 2, 0) * np.float32(1.0 / np.sqrt(hd))  # (n_kv, g*n, T)
+    if n > 1:
+        query_pos = np.tile(np.arange(start, start + n), group)
+        scores[:, np.arange(t)[None, :] > query_pos[:, None]] = -np.inf
+    out = softmax(scores) @ v.transpose(1, 0, 2)  # (n_kv, g*n, hd)
+    return out.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_head * hd)
+
+
+def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
+    """SwiGLU: down(silu(gate x) * up x)."""
+    return _linear(e.down, silu(_linear(e.gate, x)) * _linear(e.up, x))
+
+
+def route(router: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mixtral's router: softmax over all experts, top k, renormalised.
+    Returns experts (n, k) best first and their weights (n, k)."""
+    probs = softmax(x @ router.T)
+    experts = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, experts, axis=1)
+    return experts, weights / weights.sum(axis=1, keepdims=True)
+
+
+def moe(layer: Layer, x: np.ndarray, experts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each chosen expert runs once, on the tokens routed to it."""
+    out = np.zeros_like(x)
+    for e in np.unique(experts):
+        rows, slot = np.nonzero(experts == e)
+        out[rows] += weights[rows, slot, None] * feed_forward(layer.experts[e], x[rows])
+    return out
+
+
+class Model:
+    def __init__(self, config: ModelConfig, weights: Weights, file: GGUFFile | None = None,
+                 n_ctx: int | None = None):
+        self.config, self.weights, self.file = config, weights, file
+        self.n_ctx = n_ctx or min(config.n_ctx_train, DEFAULT_N_CTX)
+        self._rope = Rope(config.rope_dim, config.rope_base, self.n_ctx)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, n_ctx: int | None = None) -> Model:
+        """Open a GGUF file (memory-mapped: weights are not copied)."""
+        f = GGUFFile(path)
+        try:
+            config = ModelConfig.from_gguf(f)
+            return cls(config, load_weights(f, config), f, n_ctx)
+        except BaseException:
+            f.close()
+            raise
+
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        c = self.config
+        n_ctx = n_ctx or self.n_ctx
+        if n_ctx > len(self._rope.cos):
+            self._rope = Rope(c.rope_dim, c.rope_base, n_ctx)
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+
+    def forward(self, tokens, cache: KVCache, *, n_expert_used: int | None = None,
+                observer: RouteObserver | None = None, logits_all: bool = False) -> np.ndarray:
+        """Run `tokens` at positions cache.length.. and append them to the cache.
+
+        Returns float32 logits of the last token (n_vocab,), or of every token
+        (n, n_vocab) with logits_all.
+        """
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) == 0:
+            raise ValueError("no tokens to run")
+        if tokens.min() < 0 or tokens.max() >= c.n_vocab:
+            raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
+        cache.check_fits(len(tokens))
+        k = n_expert_used or c.n_expert_used
+        if c.is_moe and not 0 < k <= c.n_expert:
+            raise ValueError(f"experts per token must be in 1..{c.n_expert}, not {k}")
+        logits = [self._step(tokens[i:i + N_BATCH], cache, k, observer, logits_all)
+                  for i in range(0, len(tokens), N_BATCH)]
+        return np.concatenate(logits) if logits_all else logits[-1][-1]
+
+    def _step(self, tokens: np.ndarray, cache: KVCache, k: int,
+              observer: RouteObserver | None, logits_all: bool) -> np.ndarray:
+        c, w = self.config, self.weights
+        n, start = len(tokens), cache.length
+        positions = np.arange(start, start + n)
+        end = start + n
+        x = quant.get_rows(w.token_embd, tokens)
+        for i, layer in enumerate(w.layers):
+            h = rms_norm(x, layer.attn_norm, c.norm_eps)
+            q = self._rope(_linear(layer.wq, h).reshape(n, c.n_head, c.head_dim), positions)
+            cache.k[i, start:end] = self._rope(
+                _linear(layer.wk, h).reshape(n, c.n_head_kv, c.head_dim), positions)
+            cache.v[i, start:end] = _linear(layer.wv, h).reshape(n, c.n_head_kv, c.head_dim)
+            a = attention(q, cache.k[i, :end], cache.v[i, :end], start)
+            x = x + _linear(layer.wo, a)
+
+            h = rms_norm(x, layer.ffn_norm, c.norm_eps)
+            if layer.router is None:
+                x = x + feed_forward(layer.experts[0], h)
+                continue
+            experts, weights = route(layer.router, h, k)
+            if observer is not None:
+                observer.on_route(i, positions, experts, weights)
+            x = x + moe(layer, h, experts, weights)
+        cache.length = end
+        if not logits_all:
+            x = x[-1:]
+        return _linear(w.output, rms_norm(x, w.output_norm, c.norm_eps))
