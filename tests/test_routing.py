@@ -126,3 +126,36 @@ def test_trace_errors():
         trace_of(CHOICES).routing().layer_row(5)
     with pytest.raises(ValueError, match="two tokens"):
         repetition_rates(np.zeros((1, 1, 2), int))
+
+
+def test_model_trace_matches_built_routers(tmp_path):
+    from mixlocal.model import Model
+    from routed_model import CONFIG, expected_weights, first_choice, second_choice, write_routed_model
+
+    model = Model.load(write_routed_model(tmp_path / "routed.gguf"))
+    tokens = np.array([1, 70, 71, 72, 73, 300, 301, 5, 6, 6, 7, 200])
+    trace = RouteTrace(CONFIG.n_expert)
+    cache = model.new_cache()
+    # A prompt pass then one token at a time, as generation feeds the model.
+    model.forward(tokens[:8], cache, observer=trace)
+    for t in tokens[8:]:
+        model.forward([t], cache, observer=trace)
+    routing = trace.routing()
+    want = np.stack([np.stack([first_choice(layer, tokens), second_choice(layer, tokens)], -1)
+                     for layer in range(CONFIG.n_layer)])
+    assert routing.layers == (0, 1, 2)
+    assert np.array_equal(routing.experts, want)
+    w1, w2 = expected_weights()
+    np.testing.assert_allclose(routing.weights[..., 0], w1, rtol=1e-5)
+    np.testing.assert_allclose(routing.weights[..., 1], w2, rtol=1e-3)
+
+    # Shares and repetition rates of the built routing, counted by hand from the ids:
+    # layer 0 first choices: 1 6 7 0 1 4 5 5 6 6 7 0 (ids mod 64 mod 8).
+    summary = summarize(routing)
+    assert first_choice(0, tokens).tolist() == [1, 6, 7, 0, 1, 4, 5, 5, 6, 6, 7, 0]
+    assert summary.share_first[0].tolist() == pytest.approx(
+        np.array([2, 2, 0, 0, 1, 2, 3, 2]) / 12)
+    assert summary.repeat_first[0] == pytest.approx(2 / 11)  # 5,5 and 6,6
+    # Layer 2 groups ids by 4: 0 1 1 2 2 3 3 1 1 1 1 2 -> pairs equal at 2,4,6,8,9,10 of 11.
+    assert first_choice(2, tokens).tolist() == [0, 1, 1, 2, 2, 3, 3, 1, 1, 1, 1, 2]
+    assert summary.repeat_first[2] == pytest.approx(6 / 11)
