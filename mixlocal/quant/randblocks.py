@@ -37,10 +37,27 @@ def random_blocks(qtype: QT, shape: tuple[int, ...], rng: np.random.Generator,
     blocks = rng.integers(0, 256, size=(*outer, row_bytes(qtype, cols)), dtype=np.uint8)
     by_block = blocks.reshape(-1, type_size(qtype))
     offsets = _K_SCALE_OFFSETS[qtype]
-    for off in offsets:
-        by_block[:, off:off + 2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    # Relative size of each scale: dmin (where present) cancels the mean of d * sc * q,
+    # so the weights are centred on zero as trained ones are.
+    ratios = [1.0]
+    if len(offsets) == 2:
+        sample = by_block[:256].copy()
+        _set_f16(sample, offsets[0], 1.0)
+        _set_f16(sample, offsets[1], 0.0)
+        up = float(dequantize(sample, qtype).mean())
+        _set_f16(sample, offsets[0], 0.0)
+        _set_f16(sample, offsets[1], 1.0)
+        ratios.append(up / -float(dequantize(sample, qtype).mean()))
+    for off, ratio in zip(offsets, ratios):
+        _set_f16(by_block, off, ratio)
     measured = float(dequantize(by_block[:256], qtype).std()) or 1.0
     scale = std / measured * rng.uniform(0.5, 1.5, size=len(by_block))
-    for off in offsets:
-        by_block[:, off:off + 2] = scale.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    for off, ratio in zip(offsets, ratios):
+        _set_f16(by_block, off, scale * ratio)
     return blocks
+
+
+def _set_f16(blocks: np.ndarray, offset: int, value) -> None:
+    """Store value (a scalar or one per block) as the f16 at `offset` of every block."""
+    v = np.broadcast_to(np.asarray(value, np.float16), (len(blocks),))
+    blocks[:, offset:offset + 2] = np.ascontiguousarray(v).view(np.uint8).reshape(-1, 2)
