@@ -11,7 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from .dequant import dequant_rows, gather_rows
 from .formats import SUPPORTED, block_size, row_bytes, type_size
+from .matmul import matmul_tiled
+from .matvec_plain import matvec_rows
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
            "matvec", "matmul", "dequantize", "get_rows"]
@@ -28,25 +31,55 @@ class QTensor:
         return self.data.nbytes
 
 
-# Provisional numpy implementations: the Numba kernels replace these.
+def _kind(w: QTensor) -> int:
+    if w.qtype not in SUPPORTED:
+        raise ValueError(f"unsupported quantization type {w.qtype.name}")
+    return int(w.qtype)
+
+
+def _blocks(w: QTensor) -> np.ndarray:
+    """The blocks as a read-only C-contiguous view: one Numba signature for all."""
+    data = np.ascontiguousarray(w.data)
+    if data.flags.writeable:
+        data = data.view()
+        data.flags.writeable = False
+    return data
+
+
+def _vectors(x: np.ndarray, cols: int, ndim: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != ndim or x.shape[-1] != cols:
+        raise ValueError(f"input of shape {x.shape} does not fit a matrix of {cols} columns")
+    return x
+
+
 def dequantize(w: QTensor) -> np.ndarray:
     """The whole matrix as float32 (rows, cols)."""
-    from gguf.quants import dequantize as deq
-    return deq(np.asarray(w.data), w.qtype).reshape(w.shape).astype(np.float32)
+    out = np.empty(w.shape, np.float32)
+    dequant_rows(_kind(w), _blocks(w), out)
+    return out
 
 
 def get_rows(w: QTensor, ids) -> np.ndarray:
     """Rows `ids` as float32 (len(ids), cols): embedding lookup."""
-    from gguf.quants import dequantize as deq
-    ids = np.asarray(ids, dtype=np.int64)
-    return deq(np.asarray(w.data[ids]), w.qtype).reshape(len(ids), w.shape[1]).astype(np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size and not (0 <= ids.min() and ids.max() < w.shape[0]):
+        raise IndexError(f"row ids must lie in [0, {w.shape[0]})")
+    out = np.empty((ids.size, w.shape[1]), np.float32)
+    gather_rows(_kind(w), _blocks(w), ids, out)
+    return out
 
 
 def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     """y = W x for one float32 vector x of length cols."""
-    return dequantize(w) @ x
+    y = np.empty(w.shape[0], np.float32)
+    matvec_rows(_kind(w), _blocks(w), _vectors(x, w.shape[1], 1), y)
+    return y
 
 
 def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
     """Y = X W^T for float32 X of shape (n, cols); returns (n, rows)."""
-    return x @ dequantize(w).T
+    x = _vectors(x, w.shape[1], 2)
+    if x.shape[0] == 1:
+        return matvec(w, x[0])[None]
+    return matmul_tiled(_kind(w), _blocks(w), x)
