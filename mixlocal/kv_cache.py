@@ -10,7 +10,7 @@ class ContextOverflowError(ValueError):
 
 
 class KVCache:
-    """Keys and values of every layer for positions 0..length-1.
+    """Keys and values of every layer for the tokens run so far (`tokens`).
 
     Buffers are float32 (n_layer, n_ctx, n_head_kv, head_dim). np.zeros leaves pages
     untouched until written, so a long context costs memory only as it fills.
@@ -22,7 +22,11 @@ class KVCache:
         shape = (n_layer, n_ctx, n_head_kv, head_dim)
         self.k = np.zeros(shape, np.float32)
         self.v = np.zeros(shape, np.float32)
-        self.length = 0
+        self.tokens: list[int] = []  # lets a chat reuse the longest common prefix
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
 
     @property
     def n_ctx(self) -> int:
@@ -42,4 +46,8 @@ class KVCache:
         """Forget every position from n on (a chat rolls back an answer this way)."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
-        self.length = n
+        del self.tokens[n:]
+
+    def append(self, tokens) -> None:
+        """Record tokens whose keys and values were just written at positions length.."""
+        self.tokens.extend(int(t) for t in tokens)

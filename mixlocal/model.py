@@ -196,7 +196,7 @@ class Model:
             if observer is not None:
                 observer.on_route(i, positions, experts, weights)
             x = x + moe(layer, h, experts, weights)
-        cache.length = end
+        cache.append(tokens)
         if not logits_all:
             x = x[-1:]
         return _linear(w.output, rms_norm(x, w.output_norm, c.norm_eps))
