@@ -17,6 +17,7 @@ from . import quant
 from .config import ModelConfig
 from .gguf_file import GGUFFile
 from .kv_cache import KVCache
+from .quant import threads
 from .weights import Expert, Layer, Weights, load_weights
 
 DEFAULT_N_CTX = 4096
@@ -31,14 +32,7 @@ class RouteObserver(Protocol):
 
 def set_threads(n: int | None = None) -> int:
     """Use n threads in the kernels (default: all cores); returns the number set."""
-    import numba
-    n = n or os.cpu_count() or 1
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    if hasattr(quant, "set_threads"):
-        quant.set_threads(n)
-    else:
-        numba.set_num_threads(n)
-    return n
+    return threads.set_threads(n or os.cpu_count() or 1)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

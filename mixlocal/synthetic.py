@@ -182,8 +182,9 @@ def _plan(c: ModelConfig, qtype: Callable[[str, int], QT], layout: str) -> list[
             plan += [(f"{blk}.{role}_exps", role, i, (c.n_expert, *shape))
                      for role, shape in ffn.items()]
         else:
+            # Role-major, as the merged stacks are: the same seed gives the same weights.
             plan += [(f"{blk}.{role}.{e}", role, i, shape)
-                     for e in range(c.n_expert) for role, shape in ffn.items()]
+                     for role, shape in ffn.items() for e in range(c.n_expert)]
     plan.append(("output_norm", "output_norm", -1, (c.n_embd,)))
     if not c.tied_output:
         plan.append(("output", "output", -1, (c.n_vocab, c.n_embd)))
