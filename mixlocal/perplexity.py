@@ -66,11 +66,10 @@ def window_nll(logits: np.ndarray, window: np.ndarray) -> np.ndarray:
     return log_z - scored[np.arange(len(targets)), targets]
 
 
-def perplexity(model, tokens: Sequence[int], n_ctx: int = 512, *, bos: int | None = None,
-               n_expert_used: int | None = None) -> Iterator[PerplexityProgress]:
-    """Evaluate the windows one by one, yielding the running totals after each."""
-    batches = windows(tokens, n_ctx, bos)
-    cache = model.new_cache(n_ctx)
+def evaluate(model, batches: np.ndarray, *,
+             n_expert_used: int | None = None) -> Iterator[PerplexityProgress]:
+    """Evaluate the windows from `windows` one by one, yielding the running totals after each."""
+    cache = model.new_cache(batches.shape[1])
     count, nll, nll2 = 0, 0.0, 0.0
     for i, window in enumerate(batches):
         cache.truncate(0)
@@ -80,3 +79,9 @@ def perplexity(model, tokens: Sequence[int], n_ctx: int = 512, *, bos: int | Non
         nll += float(values.sum())
         nll2 += float(np.square(values).sum())
         yield PerplexityProgress(i + 1, len(batches), count, nll, nll2)
+
+
+def perplexity(model, tokens: Sequence[int], n_ctx: int = 512, *, bos: int | None = None,
+               n_expert_used: int | None = None) -> Iterator[PerplexityProgress]:
+    """`evaluate` over the windows of tokens; a text shorter than one window fails at once."""
+    return evaluate(model, windows(tokens, n_ctx, bos), n_expert_used=n_expert_used)
