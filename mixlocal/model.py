@@ -131,12 +131,8 @@ class Model:
     def load(cls, path: str | os.PathLike, n_ctx: int | None = None) -> Model:
         """Open a GGUF file (memory-mapped: weights are not copied)."""
         f = GGUFFile(path)
-        try:
-            config = ModelConfig.from_gguf(f)
-            return cls(config, load_weights(f, config), f, n_ctx)
-        except BaseException:
-            f.close()
-            raise
+        config = ModelConfig.from_gguf(f)
+        return cls(config, load_weights(f, config), f, n_ctx)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         c = self.config

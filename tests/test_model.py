@@ -1,0 +1,189 @@
+"""The forward pass against the float64 reference, the KV cache, and expert sparsity."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from reference import Reference
+
+from mixlocal.gguf_file import GGUFFile
+from mixlocal.kv_cache import ContextOverflowError
+from mixlocal.model import Model
+
+# A prompt pass is float32 throughout (dequantized weights, BLAS): measured errors are
+# about 2e-5 of the logits' spread, so 2e-4 leaves room. One-token decoding may use
+# 8-bit activations (llama.cpp's method), so it gets a looser bound and must agree on
+# the most likely token.
+PROMPT_TOL = 2e-4
+DECODE_TOL = 2e-2
+
+PROMPT = [1, 17, 300, 42, 42, 99, 260, 5, 311, 77, 8, 150]
+
+CASES = [
+    ("moe", "f32", "merged"),
+    ("moe", "q8_0", "per_expert"),
+    ("moe_tied", "q4_0", "merged"),
+    ("dense", "q8_0", "merged"),
+    ("kquant", "q4_k_m", "merged"),
+    ("kquant", "q4_k_m", "per_expert"),
+    ("kquant", "q2_k", "merged"),
+]
+
+
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / want.std())
+
+
+@pytest.fixture(scope="module")
+def reference_logits(tiny_model):
+    cache = {}
+
+    def get(kind, quant, layout, k=None):
+        key = (kind, quant, layout, k)
+        if key not in cache:
+            cache[key] = Reference(tiny_model(kind, quant, layout)).logits(PROMPT, k)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("kind,quant,layout", CASES)
+def test_prompt_logits_match_reference(tiny_model, reference_logits, kind, quant, layout):
+    model = Model.load(tiny_model(kind, quant, layout))
+    want = reference_logits(kind, quant, layout)
+    got = model.forward(PROMPT, model.new_cache(), logits_all=True)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert _rel_err(got, want) < PROMPT_TOL
+    last = model.forward(PROMPT, model.new_cache())  # the output by matvec
+    assert _rel_err(last, want[-1]) < DECODE_TOL and last.argmax() == want[-1].argmax()
+
+
+@pytest.mark.parametrize("kind,quant,layout", CASES)
+def test_decoding_with_cache_matches_reference(tiny_model, reference_logits, kind, quant,
+                                               layout):
+    model = Model.load(tiny_model(kind, quant, layout))
+    want = reference_logits(kind, quant, layout)
+    cache = model.new_cache()
+    got = np.stack([model.forward([t], cache) for t in PROMPT])
+    assert cache.length == len(PROMPT) and cache.tokens == PROMPT
+    assert _rel_err(got, want) < DECODE_TOL
+    np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
+
+
+def test_prompt_in_pieces_matches_one_pass(tiny_model):
+    model = Model.load(tiny_model("moe", "q8_0"))
+    whole = model.forward(PROMPT, model.new_cache(), logits_all=True)
+    cache = model.new_cache()
+    pieces = [model.forward(PROMPT[:5], cache, logits_all=True),
+              model.forward(PROMPT[5:], cache, logits_all=True)]
+    assert _rel_err(np.concatenate(pieces), whole) < PROMPT_TOL
+
+
+def test_prompt_longer_than_a_batch(tiny_model, monkeypatch):
+    import mixlocal.model as model_module
+    model = Model.load(tiny_model("moe", "f32"))
+    whole = model.forward(PROMPT, model.new_cache(), logits_all=True)
+    monkeypatch.setattr(model_module, "N_BATCH", 5)
+    assert _rel_err(model.forward(PROMPT, model.new_cache(), logits_all=True), whole) < PROMPT_TOL
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_experts_per_token_override(tiny_model, k):
+    path = tiny_model("moe", "f32")
+    model = Model.load(path)
+    want = Reference(path).logits(PROMPT, k)
+    got = model.forward(PROMPT, model.new_cache(), logits_all=True, n_expert_used=k)
+    assert _rel_err(got, want) < PROMPT_TOL
+    with pytest.raises(ValueError, match="experts per token"):
+        model.forward(PROMPT, model.new_cache(), n_expert_used=9)
+
+
+def test_both_layouts_give_identical_logits(tiny_model):
+    merged = Model.load(tiny_model("kquant", "q4_k_m", "merged"))
+    split = Model.load(tiny_model("kquant", "q4_k_m", "per_expert"))
+    for model in (merged, split):
+        model.logits = model.forward(PROMPT, model.new_cache(), logits_all=True)
+    np.testing.assert_array_equal(merged.logits, split.logits)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def on_route(self, layer, positions, experts, weights):
+        self.calls.append((layer, positions.copy(), experts.copy(), weights.copy()))
+
+
+def test_observer_sees_every_moe_layer(tiny_model):
+    model = Model.load(tiny_model("moe", "f32"))
+    rec = Recorder()
+    cache = model.new_cache()
+    model.forward(PROMPT[:4], cache, observer=rec)
+    model.forward(PROMPT[4:5], cache, observer=rec)
+    layers = [call[0] for call in rec.calls]
+    assert layers == [0, 1, 0, 1]
+    layer, positions, experts, weights = rec.calls[2]
+    np.testing.assert_array_equal(positions, [4])
+    assert experts.shape == weights.shape == (1, 2)
+    assert len(set(experts[0])) == 2 and weights[0, 0] >= weights[0, 1]
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_unchosen_experts_are_never_read(tiny_model, tmp_path):
+    """Experts no token chose are filled with NaN: the logits stay finite and equal."""
+    path = tmp_path / "nan-experts.gguf"
+    shutil.copy(tiny_model("moe", "f32"), path)
+    model = Model.load(path)
+    prompt = PROMPT[:3]
+    rec = Recorder()
+    want = model.forward(prompt, model.new_cache(), logits_all=True, observer=rec)
+    chosen = {layer: set(experts.ravel().tolist()) for layer, _, experts, _ in rec.calls}
+    unchosen = {layer: sorted(set(range(8)) - e) for layer, e in chosen.items()}
+    assert all(unchosen.values())  # 3 tokens x 2 experts leave at least 2 of 8 out
+    del model
+
+    infos = GGUFFile(path).tensors
+    for layer, experts in unchosen.items():
+        for role in ("gate", "up", "down"):
+            info = infos[f"blk.{layer}.ffn_{role}_exps.weight"]
+            w = np.memmap(path, np.float32, "r+", offset=info.offset, shape=info.shape)
+            w[experts] = np.nan
+            w.flush()
+    model = Model.load(path)
+    got = model.forward(prompt, model.new_cache(), logits_all=True)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)
+    cache = model.new_cache()
+    for t in prompt:  # the one-token path too
+        assert np.isfinite(model.forward([t], cache)).all()
+
+
+def test_context_overflow_and_rollback(tiny_model):
+    model = Model.load(tiny_model("moe", "q8_0"))
+    cache = model.new_cache(n_ctx=8)
+    first = model.forward(PROMPT[:6], cache)
+    with pytest.raises(ContextOverflowError, match="does not fit the context of 8"):
+        model.forward(PROMPT[6:9], cache)
+    assert cache.length == 6  # nothing was appended
+    model.forward(PROMPT[6:8], cache)
+    cache.truncate(5)
+    assert _rel_err(model.forward(PROMPT[5:6], cache), first) < DECODE_TOL
+    with pytest.raises(ValueError):
+        cache.truncate(7)
+
+
+def test_bad_tokens_are_refused(tiny_model):
+    model = Model.load(tiny_model("moe", "f32"))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward([1, 400], model.new_cache())
+    with pytest.raises(ValueError, match="no tokens"):
+        model.forward([], model.new_cache())
+
+
+def test_cache_longer_than_the_default_context(tiny_model):
+    path = tiny_model("dense", "f32")
+    model = Model.load(path, n_ctx=4)
+    cache = model.new_cache(n_ctx=len(PROMPT))
+    got = model.forward(PROMPT, cache, logits_all=True)
+    assert _rel_err(got, Reference(path).logits(PROMPT)) < PROMPT_TOL
