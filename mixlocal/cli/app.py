@@ -42,6 +42,7 @@ def _options(
 
 from . import info  # noqa: E402,F401  (each registers its command)
 from . import perplexity, route  # noqa: E402,F401
+from . import tokenize  # noqa: E402,F401
 from .common import UsageError  # noqa: E402
 
 
