@@ -40,7 +40,7 @@ def _options(
     """Run Mixtral-style mixture-of-experts GGUF models locally on a CPU."""
 
 
-from . import info  # noqa: E402,F401  (each registers its command)
+from . import chat, info, run  # noqa: E402,F401  (each registers its command)
 from . import perplexity, route  # noqa: E402,F401
 from . import tokenize  # noqa: E402,F401
 from .common import UsageError  # noqa: E402

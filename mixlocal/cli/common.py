@@ -8,7 +8,8 @@ import inspect
 import os
 import sys
 import time
-from contextlib import contextmanager
+import typing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 
 from .. import registry
+from ..sampling import SamplerSettings
 
 
 class UsageError(ValueError):
@@ -72,8 +74,7 @@ def resolve_model(name: str | None) -> Path:
 
 # --- options shared by run and chat --------------------------------------------------
 
-from types import SimpleNamespace
-_S = SimpleNamespace(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+_S = SamplerSettings()  # the defaults shown in --help
 
 
 @dataclass
@@ -117,12 +118,13 @@ class GenOptions:
 
 def with_gen_options(command):
     """Give a command every GenOptions option; it receives them as one `opts` argument."""
-    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+    types = typing.get_type_hints(GenOptions, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=types[f.name],
                                 default=f.default if f.default is not dataclasses.MISSING
                                 else None)
               for f in dataclasses.fields(GenOptions)]
     names = [p.name for p in shared]
-    sig = inspect.signature(command)
+    sig = inspect.signature(command, eval_str=True)
     own = [p for p in sig.parameters.values() if p.name != "opts"]
 
     @functools.wraps(command)
@@ -149,3 +151,79 @@ class Timer:
 
 def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:.1f} tokens/s" if seconds > 0 and n else "-"
+
+
+# --- a loaded model, and an answer streamed to stdout --------------------------------
+
+def open_session(opts: GenOptions):
+    """Resolve, load and wrap the model in a Session, with a spinner while it loads."""
+    # Imported here so that `--help` and `info` start without loading Numba.
+    from ..chat import ChatFormat
+    from ..model import Model, set_threads
+    from ..session import Session
+    from ..tokenizer import Tokenizer
+
+    try:
+        settings = SamplerSettings(temperature=opts.temp, top_k=opts.top_k, top_p=opts.top_p,
+                                   min_p=opts.min_p, repeat_penalty=opts.repeat_penalty,
+                                   seed=opts.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    path = resolve_model(opts.model)
+    with status(f"Loading {path.name}"), Timer() as load:
+        set_threads(opts.threads)
+        model = Model.load(path, n_ctx=opts.ctx or None)
+        tokenizer = Tokenizer.from_gguf(model.file)
+        chat_format = ChatFormat.from_gguf(model.file, tokenizer)
+    c = model.config
+    if opts.experts and not c.is_moe:
+        raise UsageError(f"--experts: {path.name} is a dense model, it has no experts")
+    if opts.experts and opts.experts > c.n_expert:
+        raise UsageError(f"--experts {opts.experts} is more than the model's {c.n_expert}")
+    session = Session(model, tokenizer, chat_format, settings,
+                      n_ctx=opts.ctx or c.n_ctx_train, system=opts.system,
+                      max_tokens=None if opts.max_tokens < 0 else opts.max_tokens,
+                      stop=opts.stop, n_expert_used=opts.experts)
+    if opts.verbose:
+        err_console().print(f"loaded {path} in {load.seconds:.2f} s; chat format: "
+                            f"{chat_format.source}; context {session.n_ctx}")
+    return session
+
+
+def stream_answer(session, pieces, *, stream: bool = True) -> str:
+    """Write the answer's pieces to stdout as they come (or at the end); return it.
+
+    A spinner on stderr covers the prompt's processing until the first piece.
+    """
+    answer = []
+    spinner = err_console().status(
+        f"Processing the prompt ({session.last.prompt_processed} tokens)", spinner="dots")
+    spinner.start()
+    try:
+        with closing(pieces):
+            for piece in pieces:
+                spinner.stop()
+                answer.append(piece)
+                if stream:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+    finally:
+        spinner.stop()
+    text = "".join(answer)
+    if not stream:
+        sys.stdout.write(text)
+    if text and not text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return text
+
+
+def turn_stats(session) -> str:
+    s = session.last
+    reused = s.prompt_tokens - s.prompt_processed
+    return (f"prompt: {s.prompt_tokens} tokens, {s.prompt_processed} processed "
+            f"({reused} reused from the cache) in {s.prompt_seconds:.2f} s, "
+            f"{rate(s.prompt_processed, s.prompt_seconds)}; "
+            f"generated: {s.generated} tokens in {s.generate_seconds:.2f} s, "
+            f"{rate(s.generated, s.generate_seconds)}; "
+            f"context: {session.cache.length}/{session.n_ctx}")
