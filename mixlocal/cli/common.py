@@ -61,6 +61,29 @@ ModelOption = Annotated[Optional[str], typer.Option(
 VerboseOption = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Timings and token rates on stderr; tracebacks on errors.")]
 
+DEFAULT_CTX = 4096
+CtxOption = Annotated[Optional[int], typer.Option(
+    "--ctx", "-c", min=0, show_default=False,
+    help=f"Context size in tokens (default: {DEFAULT_CTX} or the model's own if less; "
+         f"0: the model's own).")]
+ExpertsOption = Annotated[Optional[int], typer.Option(
+    "--experts", min=1, show_default=False,
+    help="Active experts per token (default: the model's own).")]
+
+
+def context_size(ctx: int | None, n_ctx_train: int) -> int:
+    """-c as given; 0 for the model's trained context; unset for the default, capped."""
+    if ctx is None:
+        return min(DEFAULT_CTX, n_ctx_train)
+    return ctx or n_ctx_train
+
+
+def check_experts(experts: int | None, c) -> None:
+    if experts and not c.is_moe:
+        raise UsageError(f"--experts: a dense model ({c.name or 'this one'}) has no experts")
+    if experts and experts > c.n_expert:
+        raise UsageError(f"--experts {experts} is more than the model's {c.n_expert}")
+
 
 def resolve_model(name: str | None) -> Path:
     """The GGUF file for -m (or MIXLOCAL_MODEL, or the default model)."""
@@ -98,16 +121,13 @@ class GenOptions:
     ] = _S.repeat_penalty
     seed: Annotated[Optional[int], typer.Option(
         "--seed", min=0, show_default=False, help="Random seed (default: random).")] = None
-    ctx: Annotated[int, typer.Option(
-        "--ctx", "-c", min=0, help="Context size in tokens (0: the model's own).")] = 4096
+    ctx: CtxOption = None
     threads: Annotated[Optional[int], typer.Option(
         "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")
     ] = None
     system: Annotated[Optional[str], typer.Option(
         "--system", "-s", show_default=False, help="System prompt.")] = None
-    experts: Annotated[Optional[int], typer.Option(
-        "--experts", min=1, show_default=False,
-        help="Active experts per token (default: the model's own).")] = None
+    experts: ExpertsOption = None
     stop: Annotated[list[str], typer.Option(
         "--stop", show_default=False, help="Stop at this text (repeatable).")
     ] = field(default_factory=list)
@@ -172,16 +192,13 @@ def open_session(opts: GenOptions):
     path = resolve_model(opts.model)
     with status(f"Loading {path.name}"), Timer() as load:
         set_threads(opts.threads)
-        model = Model.load(path, n_ctx=opts.ctx or None)
+        model = Model.load(path)
         tokenizer = Tokenizer.from_gguf(model.file)
         chat_format = ChatFormat.from_gguf(model.file, tokenizer)
     c = model.config
-    if opts.experts and not c.is_moe:
-        raise UsageError(f"--experts: {path.name} is a dense model, it has no experts")
-    if opts.experts and opts.experts > c.n_expert:
-        raise UsageError(f"--experts {opts.experts} is more than the model's {c.n_expert}")
+    check_experts(opts.experts, c)
     session = Session(model, tokenizer, chat_format, settings,
-                      n_ctx=opts.ctx or c.n_ctx_train, system=opts.system,
+                      n_ctx=context_size(opts.ctx, c.n_ctx_train), system=opts.system,
                       max_tokens=None if opts.max_tokens < 0 else opts.max_tokens,
                       stop=opts.stop, n_expert_used=opts.experts)
     if opts.verbose:

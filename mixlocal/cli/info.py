@@ -13,7 +13,8 @@ from rich.table import Table
 from ..config import ModelConfig
 from ..gguf_file import GGUFFile
 from .app import app
-from .common import VerboseOption, UsageError, out_console, resolve_model
+from .common import (CtxOption, ExpertsOption, VerboseOption, check_experts, context_size,
+                     out_console, resolve_model)
 
 # One expert's slice of the FFN: merged stacks or per-expert tensors.
 _EXPERT_TENSOR = re.compile(r"\.ffn_(gate|up|down)(_exps|\.\d+)\.weight$")
@@ -53,22 +54,17 @@ def info(
     model: Annotated[Optional[str], typer.Argument(
         envvar="MIXLOCAL_MODEL", show_default=False,
         help="GGUF file or known model name (default: the default model).")] = None,
-    ctx: Annotated[int, typer.Option(
-        "--ctx", "-c", min=0, help="Context for the KV cache size (0: the model's own).")
-    ] = 4096,
-    experts: Annotated[Optional[int], typer.Option(
-        "--experts", min=1, show_default=False,
-        help="Active experts per token (default: the model's own).")] = None,
+    ctx: CtxOption = None,
+    experts: ExpertsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Architecture, size, tokenizer, tensor types and memory needs of a model."""
     path = resolve_model(model)
     f = GGUFFile(path)
     c = ModelConfig.from_gguf(f)
+    check_experts(experts, c)
     k = experts or c.n_expert_used
-    if c.is_moe and k > c.n_expert:
-        raise UsageError(f"--experts {k} is more than the model's {c.n_expert} experts")
-    n_ctx = min(ctx, c.n_ctx_train) if ctx else c.n_ctx_train
+    n_ctx = context_size(ctx, c.n_ctx_train)
 
     params = active = read = 0.0
     by_type: dict[str, list[float]] = defaultdict(lambda: [0, 0])
