@@ -1,0 +1,259 @@
+"""SIMD matrix-vector products on 8-bit activations: llama.cpp's method, in Numba.
+
+The activation vector is quantized once (q8.py); each weight block then meets its
+activation block in an integer dot product (simd.dpbusd: AVX512-VNNI or AVX2), scaled
+by both block scales into float32 accumulators. Weight offsets and minimums use the
+activation sums, so the inner loop stays integer.
+
+One block function per format, `_q4_0` ... `_q6_k`, has the same shape:
+    (path, acc, corr, w, o, xq, xd, xs, b) -> (acc, corr)
+where o is the byte offset of weight block b, acc an f32x8 accumulator and corr a
+float32 accumulator for the terms that do not depend on the weights' low bits. One
+row loop (`_row_kernel`) serves every format and path; it is compiled per (format,
+path) from a closure over those two strings, which also keys Numba's cache.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from gguf.constants import GGMLQuantizationType as QT
+from numba import njit, prange, types
+from numba.extending import overload
+
+from .q8 import Q8, quantize_q8_0, quantize_q8_k
+from .simd import (at, bit_bytes, dot_i8, dpbusd, f16_at, fadd, fma, hsum, iadd, isub,
+                   load_nibbles, load_u8x32, mul_halves, or_shl, shr_and, splat_u8, zeros_f32,
+                   zeros_i32)
+
+_inline = njit(cache=True, inline="always")
+
+
+@_inline
+def _offset_dot(path, u, a, k):
+    """sum((u - k) * a) per lane: the unsigned dot less k times the activation sums."""
+    return isub(dpbusd(path, zeros_i32(), u, a), dpbusd(path, zeros_i32(), splat_u8(k), a))
+
+
+# --- 32-weight formats, with Q8_0 activations (xs: sum per block) --------------------
+
+@_inline
+def _q4_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 16 B nibbles; w = d (q - 8)
+    p = _offset_dot(path, load_nibbles(w, o + 2), load_u8x32(xq, 32 * b), 8)
+    return fma(acc, p, f16_at(w, o) * at(xd, b)), corr
+
+
+@_inline
+def _q4_1(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, f16 m, nibbles; w = d q + m
+    p = dpbusd(path, zeros_i32(), load_nibbles(w, o + 4), load_u8x32(xq, 32 * b))
+    da = at(xd, b)
+    return fma(acc, p, f16_at(w, o) * da), corr + f16_at(w, o + 2) * da * at(xs, b)
+
+
+@_inline
+def _q5_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, u32 fifth bits, nibbles
+    q = or_shl(load_nibbles(w, o + 6), bit_bytes(w, o + 2, 1), 4)
+    p = _offset_dot(path, q, load_u8x32(xq, 32 * b), 16)
+    return fma(acc, p, f16_at(w, o) * at(xd, b)), corr
+
+
+@_inline
+def _q5_1(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, f16 m, u32 fifth bits, nibbles
+    q = or_shl(load_nibbles(w, o + 8), bit_bytes(w, o + 4, 1), 4)
+    p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 32 * b))
+    da = at(xd, b)
+    return fma(acc, p, f16_at(w, o) * da), corr + f16_at(w, o + 2) * da * at(xs, b)
+
+
+@_inline
+def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
+    p = dot_i8(path, zeros_i32(), load_u8x32(w, o + 2), load_u8x32(xq, 32 * b))
+    return fma(acc, p, f16_at(w, o) * at(xd, b)), corr
+
+
+# --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
+
+@_inline
+def _scale_min_k4(w, o, j):
+    """Sub-block j's 6-bit scale and min from the 12 packed bytes at o (Q4_K, Q5_K)."""
+    if j < 4:
+        return at(w, o + j) & 63, at(w, o + j + 4) & 63
+    sc = (at(w, o + j + 4) & 15) | ((at(w, o + j - 4) >> 6) << 4)
+    return sc, (at(w, o + j + 4) >> 4) | ((at(w, o + j) >> 6) << 4)
+
+
+@_inline
+def _q45_k(path, acc, corr, w, o, xq, xd, xs, b, qh, qs):
+    """Q4_K / Q5_K from byte offsets of the fifth bits qh (-1: none) and nibbles qs:
+    f16 d, f16 dmin, 12 B scales and mins; w = d sc q - dmin m per 32 weights."""
+    isum = zeros_i32()
+    msum = 0
+    for j in range(0, 8, 2):  # 32 bytes of nibbles: sub-blocks j (low) and j + 1 (high)
+        v = load_u8x32(w, o + qs + 16 * j)
+        lo, hi = shr_and(v, 0, 15), shr_and(v, 4, 15)
+        if qh >= 0:
+            bits = load_u8x32(w, o + qh)
+            lo, hi = or_shl(lo, shr_and(bits, j, 1), 4), or_shl(hi, shr_and(bits, j + 1, 1), 4)
+        sc0, m0 = _scale_min_k4(w, o + 4, j)
+        sc1, m1 = _scale_min_k4(w, o + 4, j + 1)
+        p0 = dpbusd(path, zeros_i32(), lo, load_u8x32(xq, 256 * b + 32 * j))
+        p1 = dpbusd(path, zeros_i32(), hi, load_u8x32(xq, 256 * b + 32 * j + 32))
+        isum = iadd(isum, iadd(mul_halves(p0, sc0, sc0), mul_halves(p1, sc1, sc1)))
+        s = 16 * b + 2 * j
+        msum += m0 * (at(xs, s) + at(xs, s + 1)) + m1 * (at(xs, s + 2) + at(xs, s + 3))
+    da = at(xd, b)
+    return fma(acc, isum, f16_at(w, o) * da), corr - f16_at(w, o + 2) * da * msum
+
+
+@_inline
+def _q4_k(path, acc, corr, w, o, xq, xd, xs, b):
+    return _q45_k(path, acc, corr, w, o, xq, xd, xs, b, -1, 16)
+
+
+@_inline
+def _q5_k(path, acc, corr, w, o, xq, xd, xs, b):
+    return _q45_k(path, acc, corr, w, o, xq, xd, xs, b, 16, 48)
+
+
+@_inline
+def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
+    """128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d; w = d sc (q - 32)."""
+    isum = zeros_i32()
+    offset = 0
+    for j in range(8):  # 32 weights; half h = j // 4 of the super-block
+        h, c = j // 4, j % 4
+        lo = shr_and(load_u8x32(w, o + 64 * h + 32 * (c % 2)), 4 * (c // 2), 15)
+        q = or_shl(lo, shr_and(load_u8x32(w, o + 128 + 32 * h), 2 * c, 3), 4)
+        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
+        sc0, sc1 = np.int32(np.int8(at(w, o + 192 + 2 * j))), np.int32(np.int8(at(w, o + 193 + 2 * j)))
+        isum = iadd(isum, mul_halves(p, sc0, sc1))
+        offset += sc0 * at(xs, 16 * b + 2 * j) + sc1 * at(xs, 16 * b + 2 * j + 1)
+    d = f16_at(w, o + 208) * at(xd, b)
+    return fma(acc, isum, d), corr - d * 32 * offset
+
+
+@_inline
+def _q3_k_scale(w, o, i):
+    """Scale i of 16: 6 bits (low 4 in bytes 0-7, high 2 in bytes 8-11), minus 32."""
+    lo = (at(w, o + i % 8) >> (4 * (i // 8))) & 15
+    hi = (at(w, o + 8 + i % 4) >> (2 * (i // 4))) & 3
+    return np.int32(lo | (hi << 4)) - 32
+
+
+@_inline
+def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
+    """32 B high-bit mask, 64 B low 2 bits, 12 B scales, f16 d; w = d sc (q - 4)."""
+    isum = zeros_i32()
+    offset = 0
+    for j in range(8):
+        low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
+        q = or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
+        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
+        sc0, sc1 = _q3_k_scale(w, o + 96, 2 * j), _q3_k_scale(w, o + 96, 2 * j + 1)
+        isum = iadd(isum, mul_halves(p, sc0, sc1))
+        offset += sc0 * at(xs, 16 * b + 2 * j) + sc1 * at(xs, 16 * b + 2 * j + 1)
+    d = f16_at(w, o + 108) * at(xd, b)
+    return fma(acc, isum, d), corr - d * 4 * offset
+
+
+@_inline
+def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
+    """16 B of 4-bit scale and min pairs, 64 B of 2-bit weights, f16 d, f16 dmin."""
+    isum = zeros_i32()
+    msum = 0
+    for j in range(8):
+        q = shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
+        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
+        k0, k1 = at(w, o + 2 * j), at(w, o + 2 * j + 1)
+        isum = iadd(isum, mul_halves(p, k0 & 15, k1 & 15))
+        msum += (k0 >> 4) * at(xs, 16 * b + 2 * j) + (k1 >> 4) * at(xs, 16 * b + 2 * j + 1)
+    da = at(xd, b)
+    return fma(acc, isum, f16_at(w, o + 80) * da), corr - f16_at(w, o + 82) * da * msum
+
+
+# --- dispatch --------------------------------------------------------------------------
+
+# format name -> (GGUF type, block function, activation quantizer)
+FORMATS = {
+    "q4_0": (QT.Q4_0, _q4_0, quantize_q8_0),
+    "q4_1": (QT.Q4_1, _q4_1, quantize_q8_0),
+    "q5_0": (QT.Q5_0, _q5_0, quantize_q8_0),
+    "q5_1": (QT.Q5_1, _q5_1, quantize_q8_0),
+    "q8_0": (QT.Q8_0, _q8_0, quantize_q8_0),
+    "q2_k": (QT.Q2_K, _q2_k, quantize_q8_k),
+    "q3_k": (QT.Q3_K, _q3_k, quantize_q8_k),
+    "q4_k": (QT.Q4_K, _q4_k, quantize_q8_k),
+    "q5_k": (QT.Q5_K, _q5_k, quantize_q8_k),
+    "q6_k": (QT.Q6_K, _q6_k, quantize_q8_k),
+}
+BY_QTYPE = {qtype: name for name, (qtype, _, _) in FORMATS.items()}
+
+
+def _block(fmt, path, acc, corr, w, o, xq, xd, xs, b):
+    """The block function of format `fmt` (a string literal)."""
+
+
+@overload(_block, prefer_literal=True)
+def _block_impl(fmt, path, acc, corr, w, o, xq, xd, xs, b):
+    if isinstance(fmt, types.StringLiteral):
+        fn = FORMATS[fmt.literal_value][1]
+        return lambda fmt, path, acc, corr, w, o, xq, xd, xs, b: fn(
+            path, acc, corr, w, o, xq, xd, xs, b)
+    return None
+
+
+def _row_kernel(fmt: str, path: str):
+    @njit(cache=True, parallel=True)
+    def kernel(w, xq, xd, xs, y):
+        """y[r] = row r of w . the activation (xq, xd, xs); rows split across threads."""
+        nb = xd.size
+        step = w.shape[1] // nb  # bytes per block
+        for r in prange(w.shape[0]):
+            o = r * w.shape[1]
+            acc0, acc1 = zeros_f32(), zeros_f32()  # two chains hide the FMA latency
+            c0, c1 = np.float32(0.0), np.float32(0.0)
+            for b in range(0, nb - 1, 2):
+                acc0, c0 = _block(fmt, path, acc0, c0, w, o + b * step, xq, xd, xs, b)
+                acc1, c1 = _block(fmt, path, acc1, c1, w, o + b * step + step, xq, xd, xs, b + 1)
+            if nb % 2:
+                acc0, c0 = _block(fmt, path, acc0, c0, w, o + (nb - 1) * step, xq, xd, xs, nb - 1)
+            y[r] = hsum(fadd(acc0, acc1)) + c0 + c1
+    return kernel
+
+
+@cache
+def kernels(path: str) -> dict:
+    """{GGUF type: kernel(w, xq, xd, xs, y)} for a SIMD path ("vnni" or "avx2").
+
+    Compiles lazily, per type on first use; call only with a path this CPU has
+    (cpu.available_paths()): compiling another aborts the process.
+    """
+    return {qtype: _row_kernel(name, path) for name, (qtype, _, _) in FORMATS.items()}
+
+
+def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
+    """x quantized the way the kernel for `qtype` reads it."""
+    return FORMATS[BY_QTYPE[qtype]][2](x)
+
+
+def matvec_blocks(path: str, qtype: QT, w: np.ndarray, x: Q8 | np.ndarray,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """y = W x for uint8 blocks w (rows, row_bytes), C-contiguous; x float32 or quantized."""
+    if not isinstance(x, Q8):
+        x = quantize_for(qtype, x)
+    y = np.empty(w.shape[0], np.float32) if out is None else out
+    kernels(path)[qtype](w, x.q, x.d, x.s, y)
+    return y
+
+
+def matvec_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
+    """[W x for (qtype, blocks) in weights], quantizing x once per activation kind."""
+    quantized = {}
+    out = []
+    for qtype, w in weights:
+        quantize = FORMATS[BY_QTYPE[qtype]][2]
+        if quantize not in quantized:
+            quantized[quantize] = quantize(x)
+        out.append(matvec_blocks(path, qtype, w, quantized[quantize]))
+    return out

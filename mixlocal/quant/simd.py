@@ -1,0 +1,242 @@
+"""SIMD building blocks for the 8-bit integer dot products, as Numba intrinsics.
+
+Three vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
+unsigned values, or int8 activations), i32x8 (integer partial sums) and f32x8 (float
+accumulators). Each intrinsic below emits a few lines of LLVM IR, inlined where it is
+called; only `dpbusd` and `dot_i8` depend on the instruction set, chosen by a path
+name that must be a compile-time string literal ("vnni" or "avx2", see cpu.py).
+
+Byte offsets are unchecked: callers index whole blocks inside C-contiguous arrays.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_F32 = ir.FloatType()
+
+
+class Vec(types.Type):
+    """A SIMD register of `lanes` elements of LLVM type `elem` ("i8", "i32", "f32")."""
+
+    def __init__(self, elem: str, lanes: int):
+        self.elem, self.lanes = elem, lanes
+        super().__init__(name=f"{elem}x{lanes}")
+
+
+_ELEM = {"i8": _I8, "i16": _I16, "i32": _I32, "f32": _F32}
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(_ELEM[fe_type.elem], fe_type.lanes))
+
+
+u8x32 = Vec("i8", 32)
+i32x8 = Vec("i32", 8)
+f32x8 = Vec("f32", 8)
+_V8, _V32, _VF = (ir.VectorType(t, n) for t, n in ((_I8, 32), (_I32, 8), (_F32, 8)))
+
+
+def _consts(vtype, values):
+    return ir.Constant(vtype, list(values))
+
+
+def _splat(builder, value, vtype):
+    v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, _I32(0))
+    return builder.shuffle_vector(v, v, _consts(ir.VectorType(_I32, vtype.count), [0] * vtype.count))
+
+
+def _at(context, builder, arrty, arr, offset, ptype):
+    """Pointer of LLVM type ptype* to element `offset` of an array's data."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [offset]), ptype.as_pointer())
+
+
+def _call(builder, name, ret, args):
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+@intrinsic
+def zeros_i32(typingctx):
+    return i32x8(), lambda context, builder, sig, args: ir.Constant(_V32, [0] * 8)
+
+
+@intrinsic
+def zeros_f32(typingctx):
+    return f32x8(), lambda context, builder, sig, args: ir.Constant(_VF, [0.0] * 8)
+
+
+@intrinsic
+def at(typingctx, arr, i):
+    """arr.flat[i] without the negative-index check (i >= 0)."""
+    def codegen(context, builder, sig, args):
+        ptr = _at(context, builder, sig.args[0], args[0], args[1],
+                  context.get_value_type(sig.return_type))
+        return builder.load(ptr)
+    return arr.dtype(arr, i), codegen
+
+
+@intrinsic
+def f16_at(typingctx, arr, offset):
+    """The IEEE half at byte `offset` of a uint8 array, as float32 (exact)."""
+    def codegen(context, builder, sig, args):
+        ptr = _at(context, builder, sig.args[0], args[0], args[1], ir.HalfType())
+        return builder.fpext(builder.load(ptr, align=1), _F32)
+    return types.float32(arr, offset), codegen
+
+
+@intrinsic
+def load_u8x32(typingctx, arr, offset):
+    """32 bytes from byte `offset` of a uint8 or int8 array."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _V8), align=1)
+    return u8x32(arr, offset), codegen
+
+
+@intrinsic
+def load_nibbles(typingctx, arr, offset):
+    """16 bytes at `offset` as 32 values: the low nibbles, then the high nibbles."""
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I8, 16)
+        v = builder.load(_at(context, builder, sig.args[0], args[0], args[1], v16), align=1)
+        lo = builder.and_(v, _consts(v16, [15] * 16))
+        hi = builder.lshr(v, _consts(v16, [4] * 16))
+        return builder.shuffle_vector(lo, hi, _consts(ir.VectorType(_I32, 32), range(32)))
+    return u8x32(arr, offset), codegen
+
+
+@intrinsic
+def bit_bytes(typingctx, arr, offset, value):
+    """Byte j = value where bit j of the little-endian uint32 at `offset` is set, else 0."""
+    def codegen(context, builder, sig, args):
+        bits = builder.load(_at(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+        v32 = ir.VectorType(_I32, 32)
+        hit = builder.icmp_unsigned("!=", builder.and_(_splat(builder, bits, v32),
+                                                       _consts(v32, [1 << j for j in range(32)])),
+                                    ir.Constant(v32, [0] * 32))
+        byte = _splat(builder, builder.trunc(args[2], _I8), _V8)
+        return builder.select(hit, byte, ir.Constant(_V8, [0] * 32))
+    return u8x32(arr, offset, value), codegen
+
+
+@intrinsic
+def splat_u8(typingctx, value):
+    def codegen(context, builder, sig, args):
+        return _splat(builder, builder.trunc(args[0], _I8), _V8)
+    return u8x32(value), codegen
+
+
+@intrinsic
+def shr_and(typingctx, v, shift, mask):
+    """(v >> shift) & mask in every byte."""
+    def codegen(context, builder, sig, args):
+        shift = _splat(builder, builder.trunc(args[1], _I8), _V8)
+        mask = _splat(builder, builder.trunc(args[2], _I8), _V8)
+        return builder.and_(builder.lshr(args[0], shift), mask)
+    return u8x32(v, shift, mask), codegen
+
+
+@intrinsic
+def or_shl(typingctx, a, b, shift):
+    """a | (b << shift) in every byte."""
+    def codegen(context, builder, sig, args):
+        shift = _splat(builder, builder.trunc(args[2], _I8), _V8)
+        return builder.or_(args[0], builder.shl(args[1], shift))
+    return u8x32(a, b, shift), codegen
+
+
+def _dpbusd(builder, path, acc, u, s):
+    """acc[i] + sum of u[4i+k] * s[4i+k] (u unsigned, s signed) for k in 0..3."""
+    if path == "vnni":
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V32,
+                     [acc, builder.bitcast(u, _V32), builder.bitcast(s, _V32)])
+    if path == "avx2":  # pairs saturate at int16: callers keep u * |s| * 2 < 32768
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(_I16, 16), [u, s])
+        ones = ir.Constant(ir.VectorType(_I16, 16), [1] * 16)
+        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [pairs, ones]))
+    raise ValueError(f"no SIMD dot product for path {path!r}")
+
+
+@intrinsic
+def dpbusd(typingctx, path, acc, u, s):
+    """acc + 4-way dot products of unsigned bytes u and signed bytes s, per int32 lane."""
+    if not isinstance(path, types.StringLiteral):
+        return None  # Numba retries with the literal
+    name = path.literal_value
+
+    def codegen(context, builder, sig, args):
+        return _dpbusd(builder, name, args[1], args[2], args[3])
+    return i32x8(path, acc, u, s), codegen
+
+
+@intrinsic
+def dot_i8(typingctx, path, acc, w, s):
+    """dpbusd for two signed operands: |w| times s with w's sign (|s| <= 127)."""
+    if not isinstance(path, types.StringLiteral):
+        return None
+    name = path.literal_value
+
+    def codegen(context, builder, sig, args):
+        w, s = args[2], args[3]
+        zero = ir.Constant(_V8, [0] * 32)
+        neg = builder.icmp_signed("<", w, zero)
+        absw = builder.select(neg, builder.sub(zero, w), w)
+        signed = builder.select(neg, builder.sub(zero, s),
+                                builder.select(builder.icmp_signed("==", w, zero), zero, s))
+        return _dpbusd(builder, name, args[1], absw, signed)
+    return i32x8(path, acc, w, s), codegen
+
+
+@intrinsic
+def mul_halves(typingctx, p, s0, s1):
+    """p times s0 in lanes 0-3 and s1 in lanes 4-7 (two 16-weight sub-blocks)."""
+    def codegen(context, builder, sig, args):
+        a = _splat(builder, builder.trunc(args[1], _I32), _V32)
+        b = _splat(builder, builder.trunc(args[2], _I32), _V32)
+        scale = builder.shuffle_vector(a, b, _consts(_V32, [0, 1, 2, 3, 12, 13, 14, 15]))
+        return builder.mul(args[0], scale)
+    return i32x8(p, s0, s1), codegen
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    return i32x8(a, b), lambda context, builder, sig, args: builder.add(*args)
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    return i32x8(a, b), lambda context, builder, sig, args: builder.sub(*args)
+
+
+@intrinsic
+def fma(typingctx, acc, p, scale):
+    """acc + float(p) * scale, fused."""
+    def codegen(context, builder, sig, args):
+        scale = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32), _VF)
+        return _call(builder, "llvm.fma.v8f32", _VF, [builder.sitofp(args[1], _VF), scale, args[0]])
+    return f32x8(acc, p, scale), codegen
+
+
+@intrinsic
+def fadd(typingctx, a, b):
+    return f32x8(a, b), lambda context, builder, sig, args: builder.fadd(*args)
+
+
+@intrinsic
+def hsum(typingctx, v):
+    """The sum of the 8 lanes, as float32."""
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        for half in (4, 2, 1):  # fold the upper half onto the lower
+            upper = builder.shuffle_vector(v, v, _consts(_V32, [(i + half) % 8 for i in range(8)]))
+            v = builder.fadd(v, upper)
+        return builder.extract_element(v, _I32(0))
+    return types.float32(v), codegen
