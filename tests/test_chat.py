@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from mixtral_vocab import (MIXTRAL_TEMPLATE_V1, MIXTRAL_TEMPLATE_V2,  # noqa: F401
-                           mixtral_vocab)
+from tokenizer_refs import (MIXTRAL_TEMPLATE_V1, MIXTRAL_TEMPLATE_V2,  # noqa: F401
+                            mixtral_vocab, transformers_tokenizer)
 
 from mixlocal.chat import ChatFormat, ChatTemplateError
 from mixlocal.gguf_file import GGUFFile
@@ -81,10 +81,7 @@ def smol(smollm2_path):
 
 @pytest.fixture(scope="module")
 def hf_smol(smollm2_path):
-    transformers = pytest.importorskip("transformers", reason="the reference renderer is "
-                                       "transformers' apply_chat_template (mixlocal[test])")
-    return transformers.AutoTokenizer.from_pretrained(smollm2_path.parent,
-                                                      gguf_file=smollm2_path.name)
+    return transformers_tokenizer(smollm2_path)
 
 
 @pytest.mark.parametrize("generation_prompt", [True, False])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from data.corpus import CORPUS
+from tokenizer_refs import transformers_tokenizer
 
 from mixlocal.gguf_file import GGUFError, GGUFFile
 from mixlocal.tokenizer import Tokenizer
@@ -51,11 +52,7 @@ def tok(smol_file):
 
 @pytest.fixture(scope="module")
 def hf(smollm2_path):
-    """transformers' own reading of the same GGUF vocabulary (an independent BPE)."""
-    transformers = pytest.importorskip("transformers", reason="the reference BPE is "
-                                       "transformers' GGUF tokenizer (mixlocal[test])")
-    return transformers.AutoTokenizer.from_pretrained(
-        smollm2_path.parent, gguf_file=smollm2_path.name)
+    return transformers_tokenizer(smollm2_path)
 
 
 def test_metadata(tok, smol_file):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from data.corpus import CORPUS
-from mixtral_vocab import mixtral_vocab, reference_processor  # noqa: F401  (fixture)
+from tokenizer_refs import mixtral_vocab, reference_processor  # noqa: F401  (fixture)
 
 from mixlocal.gguf_file import GGUFError, GGUFFile
 from mixlocal.tokenizer import Tokenizer

@@ -1,22 +1,18 @@
-"""Mixtral 8x7B's real tokenizer (tokenizer.model.v1 from mistral-common) as GGUF metadata.
+"""Reference tokenizers for the tests.
 
-Only the tokenizer is written: no tensors. The pieces, scores and types come from
-sentencepiece's own reading of the .model file, as llama.cpp's converter takes them.
+Mixtral 8x7B's real tokenizer (tokenizer.model.v1 from mistral-common) written as GGUF
+metadata (no tensors; pieces, scores and types as sentencepiece reads the .model file,
+as llama.cpp's converter takes them), and transformers' reading of SmolLM2's GGUF.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gguf
 import pytest
-
-spm = pytest.importorskip("sentencepiece")
-mistral_common = pytest.importorskip(
-    "mistral_common", reason="the reference Mixtral tokenizer ships in mistral-common "
-                             "(pip install 'mixlocal[test]')")
-
-MODEL_V1 = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+import sentencepiece as spm
 
 # The chat templates of Mixtral-8x7B-Instruct-v0.1's GGUF files: the original one
 # and the later one with a system role and spaces around [INST].
@@ -57,7 +53,12 @@ MIXTRAL_TEMPLATE_V2 = """{%- if messages[0]['role'] == 'system' %}
 
 
 def reference_processor():
-    return spm.SentencePieceProcessor(model_file=str(MODEL_V1))
+    """sentencepiece with Mixtral's tokenizer.model."""
+    mistral_common = pytest.importorskip(
+        "mistral_common", reason="the reference Mixtral tokenizer ships in mistral-common "
+                                 "(pip install 'mixlocal[test]')")
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    return spm.SentencePieceProcessor(model_file=str(model))
 
 
 def write_vocab_gguf(path: Path, *, chat_template: str | None = None,
@@ -109,3 +110,12 @@ def mixtral_vocab(tmp_path_factory):
         return written[key]
 
     return make
+
+
+@functools.cache
+def transformers_tokenizer(gguf_path: Path):
+    """transformers' own tokenizer for a GGUF file (an independent BPE and renderer)."""
+    transformers = pytest.importorskip("transformers", reason="the reference is "
+                                       "transformers' GGUF tokenizer (mixlocal[test])")
+    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent,
+                                                      gguf_file=gguf_path.name)
