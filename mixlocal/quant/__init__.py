@@ -13,11 +13,14 @@ from gguf.constants import GGMLQuantizationType as QT
 
 from .dequant import dequant_rows, gather_rows
 from .formats import SUPPORTED, block_size, row_bytes, type_size
+from .cpu import kernel_path
 from .matmul import matmul_tiled
+from .matvec import BY_QTYPE, matvec_blocks
+from .matvec import matvec_multi as _matvec_multi
 from .matvec_plain import matvec_rows
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
-           "matvec", "matmul", "dequantize", "get_rows"]
+           "matvec", "matvec_multi", "matmul", "dequantize", "get_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,11 +73,31 @@ def get_rows(w: QTensor, ids) -> np.ndarray:
     return out
 
 
+def _simd(w: QTensor) -> bool:
+    """Whether W x runs on 8-bit activations with SIMD integer dot products."""
+    return w.qtype in BY_QTYPE and kernel_path() != "plain"
+
+
 def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
-    """y = W x for one float32 vector x of length cols."""
+    """y = W x for one float32 vector x of length cols.
+
+    Quantized weights on an AVX2 or AVX512-VNNI CPU: x is quantized to 8 bits first
+    (as llama.cpp does), relative error about 1e-2; float weights and other CPUs: float.
+    """
+    x = _vectors(x, w.shape[1], 1)
+    if _simd(w):
+        return matvec_blocks(kernel_path(), w.qtype, _blocks(w), x)
     y = np.empty(w.shape[0], np.float32)
-    matvec_rows(_kind(w), _blocks(w), _vectors(x, w.shape[1], 1), y)
+    matvec_rows(_kind(w), _blocks(w), x, y)
     return y
+
+
+def matvec_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
+    """[W x for W in ws], quantizing x once (gate and up of an expert; q, k and v)."""
+    if ws and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws):
+        x = _vectors(x, ws[0].shape[1], 1)
+        return _matvec_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x)
+    return [matvec(w, x) for w in ws]
 
 
 def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
