@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tokenizer_refs import (MIXTRAL_TEMPLATE_V1, MIXTRAL_TEMPLATE_V2,  # noqa: F401
-                            mixtral_vocab, transformers_tokenizer)
+from tokenizer_refs import (MIXTRAL_TEMPLATE_V2, mixtral_vocab,  # noqa: F401
+                            transformers_tokenizer)
 
-from mixlocal.chat import ChatFormat, ChatTemplateError
+from mixlocal.chat import MISTRAL_TEMPLATE, ChatFormat, ChatTemplateError
 from mixlocal.gguf_file import GGUFFile
 from mixlocal.tokenizer import Tokenizer
 
@@ -52,7 +52,7 @@ def mistral_ids():
     return encode
 
 
-@pytest.mark.parametrize("template", [None, MIXTRAL_TEMPLATE_V1, MIXTRAL_TEMPLATE_V2],
+@pytest.mark.parametrize("template", [None, MISTRAL_TEMPLATE, MIXTRAL_TEMPLATE_V2],
                          ids=["no template", "mixtral v1 template", "mixtral v2 template"])
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_mixtral_prompts_equal_mistral_common(mixtral_vocab, mistral_ids, template, name):
@@ -64,7 +64,7 @@ def test_mixtral_prompts_equal_mistral_common(mixtral_vocab, mistral_ids, templa
 
 
 def test_system_prompt_is_folded_into_the_first_turn(mixtral_vocab):
-    f = GGUFFile(mixtral_vocab(chat_template=MIXTRAL_TEMPLATE_V1))
+    f = GGUFFile(mixtral_vocab(chat_template=MISTRAL_TEMPLATE))
     fmt = ChatFormat.from_gguf(f, Tokenizer.from_gguf(f))
     text = fmt.render(as_dicts([("system", "Be brief."), ("user", "Hi")]))
     assert text == "<s>[INST] Be brief.\n\nHi [/INST]"
@@ -114,7 +114,7 @@ def test_chatml_markers_are_special_and_typed_markers_are_not(smol):
 
 
 def test_content_trimmed_by_the_template_stays_plain_text(mixtral_vocab):
-    f = GGUFFile(mixtral_vocab(chat_template=MIXTRAL_TEMPLATE_V1))
+    f = GGUFFile(mixtral_vocab())
     tok = Tokenizer.from_gguf(f)
     fmt = ChatFormat("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] | trim }}"
                      " [/INST]{% endfor %}", tok, "test")

@@ -14,17 +14,8 @@ import gguf
 import pytest
 import sentencepiece as spm
 
-# The chat templates of Mixtral-8x7B-Instruct-v0.1's GGUF files: the original one
-# and the later one with a system role and spaces around [INST].
-MIXTRAL_TEMPLATE_V1 = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
-    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
-    "{% endif %}{% endfor %}")
+# The later chat template of Mixtral-8x7B-Instruct-v0.1 (a system role, spaces around
+# [INST]); the original one is mixlocal.chat.MISTRAL_TEMPLATE.
 MIXTRAL_TEMPLATE_V2 = """{%- if messages[0]['role'] == 'system' %}
     {%- set system_message = messages[0]['content'] %}
     {%- set loop_messages = messages[1:] %}
