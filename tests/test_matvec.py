@@ -1,0 +1,158 @@
+"""The SIMD int8 matrix-vector kernels, every format on every path this CPU has.
+
+Two references, both from gguf-py's dequantizer and float64 products:
+- the same 8-bit activations the kernel used: the integer dot products are exact, so
+  only float32 scaling and summation differ: |y - W xq| <= 1e-5 * (|W| |xq|) per row;
+- the float activations: rounding x to 8 bits moves each x_i by at most half its
+  block's step d, so |y - W x| <= (|W| d) / 2 + 1e-5 * (|W| |x|) per row, and over a
+  whole output vector of 300 rows ||y - W x|| / ||W x|| < 1e-2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf.quants import dequantize as gguf_dequantize
+
+import mixlocal.quant as quant
+from mixlocal.quant import QT, QTensor, cpu, row_bytes
+from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
+from mixlocal.quant.q8 import quantize_q8_0, quantize_q8_k
+from mixlocal.quant.randblocks import random_blocks
+
+SIMD_PATHS = [p for p in cpu.available_paths() if p != "plain"]
+QTYPES = [qtype for qtype, _, _ in FORMATS.values()]
+ROWS = (1, 7, 65, 300)
+EXACT = 1e-5
+
+
+def _cols(qtype):
+    """One block, an odd number of blocks (the kernel pairs them), several."""
+    return (256, 768, 1280) if qtype.name.endswith("_K") else (32, 96, 544)
+
+
+def _weights(qtype, rows, cols, seed):
+    """Read-only blocks, as the memory map gives them, and their float64 values."""
+    blocks = random_blocks(qtype, (rows, cols), np.random.default_rng(seed))
+    blocks.flags.writeable = False
+    return blocks, gguf_dequantize(blocks, qtype).reshape(rows, cols).astype(np.float64)
+
+
+def _steps(qtype, x):
+    """Per element: the 8-bit step d of its activation block."""
+    xq = quantize_for(qtype, x)
+    return np.repeat(xq.d, x.size // xq.d.size).astype(np.float64), xq
+
+
+def _check(y, W, x, qtype):
+    steps, xq = _steps(qtype, x)
+    xd = xq.dequantize().astype(np.float64)
+    absw = np.abs(W)
+    assert y.dtype == np.float32 and y.shape == (W.shape[0],)
+    assert np.all(np.abs(y - W @ xd) <= EXACT * (absw @ np.abs(xd)) + 1e-30)
+    bound = 0.5 * (absw @ steps) + EXACT * (absw @ np.abs(x))
+    assert np.all(np.abs(y - W @ x.astype(np.float64)) <= bound)
+
+
+@pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
+@pytest.mark.parametrize("path", SIMD_PATHS)
+@pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
+def test_kernel_against_dequantized_float64(qtype, path):
+    rng = np.random.default_rng(3)
+    for rows in ROWS:
+        for cols in _cols(qtype):
+            blocks, W = _weights(qtype, rows, cols, rows * cols)
+            x = rng.standard_normal(cols).astype(np.float32)
+            _check(matvec_blocks(path, qtype, blocks, x), W, x, qtype)
+    # a whole output vector: the error statement llama.cpp users know
+    y_ref = W @ x.astype(np.float64)
+    assert np.linalg.norm(matvec_blocks(path, qtype, blocks, x) - y_ref) < 1e-2 * np.linalg.norm(y_ref)
+
+
+# Byte range of each block's weight bits (no scales): filled with 0xFF, every weight
+# takes its largest unsigned value (Q8_0: 0x80, the most negative int8).
+_WEIGHT_BYTES = {QT.Q4_0: (2, 18), QT.Q4_1: (4, 20), QT.Q5_0: (2, 22), QT.Q5_1: (4, 24),
+                 QT.Q8_0: (2, 34), QT.Q2_K: (16, 80), QT.Q3_K: (0, 96), QT.Q4_K: (16, 144),
+                 QT.Q5_K: (16, 176), QT.Q6_K: (0, 192)}
+
+
+@pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
+@pytest.mark.parametrize("path", SIMD_PATHS)
+@pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
+def test_extreme_values_do_not_overflow(qtype, path):
+    """Largest weights times activations of +-127: the AVX2 int16 pair sums and the
+    int32 super-block sums must neither saturate nor wrap."""
+    rows, cols = 3, 512
+    blocks = random_blocks(qtype, (rows, cols), np.random.default_rng(4))
+    by_block = blocks.reshape(-1, quant.type_size(qtype))
+    start, end = _WEIGHT_BYTES[qtype]
+    by_block[:, start:end] = 0x80 if qtype == QT.Q8_0 else 0xFF
+    W = gguf_dequantize(blocks, qtype).reshape(rows, cols).astype(np.float64)
+    for x in (np.ones(cols, np.float32), np.resize(np.float32([1, -1]), cols)):
+        _check(matvec_blocks(path, qtype, blocks, x), W, x, qtype)
+
+
+@pytest.mark.parametrize("path", SIMD_PATHS + ["plain"])
+def test_quant_matvec_dispatch(path, monkeypatch):
+    monkeypatch.setattr(quant, "kernel_path", lambda: path)
+    rng = np.random.default_rng(5)
+    for qtype in (QT.Q4_0, QT.Q4_K, QT.F32):
+        blocks, W = _weights(qtype, 65, 512, 9)
+        w = QTensor(qtype, (65, 512), blocks)
+        x = rng.standard_normal(512).astype(np.float32)
+        y = quant.matvec(w, x)
+        if path == "plain" or qtype == QT.F32:
+            y_ref = W @ x.astype(np.float64)
+            assert np.linalg.norm(y - y_ref) < EXACT * np.linalg.norm(y_ref)
+        else:
+            _check(y, W, x, qtype)
+        with pytest.raises(ValueError):
+            quant.matvec(w, x[:-32])
+
+
+@pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
+def test_matvec_multi_quantizes_once_per_kind():
+    """Mixed formats (as q, k, v of a Q4_K_M file): each result equals its own matvec."""
+    path = SIMD_PATHS[0]
+    cols = 512
+    ws = [(qtype, _weights(qtype, rows, cols, rows)[0])
+          for qtype, rows in ((QT.Q4_K, 64), (QT.Q8_0, 16), (QT.Q6_K, 16), (QT.Q4_0, 7))]
+    x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
+    got = matvec_multi(path, ws, x)
+    for (qtype, blocks), y in zip(ws, got):
+        np.testing.assert_array_equal(y, matvec_blocks(path, qtype, blocks, x))
+
+
+@pytest.mark.parametrize("quantize,block,sum_len", [(quantize_q8_0, 32, 32),
+                                                    (quantize_q8_k, 256, 16)])
+def test_activation_quantization(quantize, block, sum_len):
+    x = np.random.default_rng(2).standard_normal(3 * block).astype(np.float32) * 5
+    x[:block] = 0.0  # an all-zero block has scale 0 and values 0
+    x.flags.writeable = False
+    xq = quantize(x)
+    assert xq.q.dtype == np.int8 and xq.d.dtype == np.float32 and xq.s.dtype == np.int32
+    assert np.abs(xq.q.astype(np.int32)).max() == 127 and xq.q.min() >= -127
+    assert xq.d[0] == 0 and not xq.q[:block].any()
+    steps = np.repeat(xq.d, block)
+    assert np.all(np.abs(xq.dequantize() - x) <= 0.5 * steps * (1 + 1e-6))
+    np.testing.assert_array_equal(xq.s, xq.q.astype(np.int32).reshape(-1, sum_len).sum(1))
+    with pytest.raises(ValueError):
+        quantize(x[:-1])
+
+
+def test_kernel_path_choice(monkeypatch, capsys):
+    assert cpu.available_paths()[-1] == "plain"
+    for want, expect in (("plain", "plain"), ("bogus", cpu.available_paths()[0]),
+                         ("", cpu.available_paths()[0])):
+        monkeypatch.setenv("MIXLOCAL_KERNELS", want)
+        cpu.kernel_path.cache_clear()
+        assert cpu.kernel_path() == expect
+    assert "MIXLOCAL_KERNELS=bogus ignored" in capsys.readouterr().err
+    cpu.kernel_path.cache_clear()
+
+
+def test_row_bytes_match_kernel_blocks():
+    """The kernels take a block's size from the row length: it must be the format's."""
+    for name, (qtype, _, quantize) in FORMATS.items():
+        cols = 256
+        assert row_bytes(qtype, cols) % quantize(np.zeros(cols, np.float32)).d.size == 0, name
