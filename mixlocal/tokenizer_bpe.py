@@ -48,25 +48,31 @@ PRE_TOKENIZERS = {
 }
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's map from the printable stand-in characters back to bytes."""
+def _byte_chars() -> dict[int, int]:
+    """GPT-2's printable stand-in characters (as code points) -> the bytes they stand for."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
                  *range(ord("®"), ord("ÿ") + 1)]
-    table = {chr(b): b for b in printable}
+    table = {b: b for b in printable}
     extra = 0
     for b in range(256):
         if b not in printable:
-            table[chr(256 + extra)] = b
+            table[256 + extra] = b
             extra += 1
     return table
 
 
-def _token_bytes(token: str, kind: int, byte_of: dict[str, int]) -> bytes:
+_BYTE_CHARS = _byte_chars()
+
+
+def _token_bytes(token: str, kind: int) -> bytes:
     if kind in (CONTROL, UNUSED):
         return b""
-    if kind == USER_DEFINED or any(c not in byte_of for c in token):
-        return token.encode("utf-8")  # added tokens are stored as plain text
-    return bytes(byte_of[c] for c in token)
+    if kind != USER_DEFINED:
+        try:
+            return token.translate(_BYTE_CHARS).encode("latin-1")
+        except UnicodeEncodeError:
+            pass  # not byte-level: stored as plain text, as added tokens are
+    return token.encode("utf-8")
 
 
 class ByteLevelBPEBackend:
@@ -86,12 +92,11 @@ class ByteLevelBPEBackend:
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         self._hf = HFTokenizer(models.BPE(vocab, pairs, ignore_merges=ignore_merges))
         self._hf.pre_tokenizer = make_pre()
-        kinds = list(types)
+        kinds = [int(k) for k in types]
         # User-defined tokens are always whole tokens (llama.cpp does the same).
         self._hf.add_tokens([AddedToken(t, normalized=False, special=False)
                              for t, k in zip(tokens, kinds) if k == USER_DEFINED])
-        byte_of = _byte_decoder()
-        self.token_bytes = [_token_bytes(t, k, byte_of) for t, k in zip(tokens, kinds)]
+        self.token_bytes = [_token_bytes(t, k) for t, k in zip(tokens, kinds)]
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids

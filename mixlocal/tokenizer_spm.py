@@ -31,23 +31,30 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _length_prefixed(data: bytes) -> bytes:
+    n = len(data)
+    return (bytes((n,)) if n < 0x80 else _varint(n)) + data
+
+
 def _int_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
 def _bytes_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return _varint(number << 3 | 2) + _length_prefixed(value)
 
 
 def model_proto(tokens: list[str], scores, types, *, add_dummy_prefix: bool,
                 unk_id: int, bos_id: int, eos_id: int) -> bytes:
     """A serialized sentencepiece ModelProto: BPE, byte fallback, no normalization."""
+    score_bytes = np.asarray(scores, "<f4").tobytes()
     parts = []
-    for piece, score, kind in zip(tokens, scores.tolist(), types.tolist()):
-        # SentencePiece {piece = 1; score = 2 (float); type = 3}
-        body = (_bytes_field(1, piece.encode("utf-8"))
-                + b"\x15" + struct.pack("<f", score) + _int_field(3, kind))
-        parts.append(_bytes_field(1, body))
+    for i, (piece, kind) in enumerate(zip(tokens, types.tolist())):
+        # pieces = 1: SentencePiece {piece = 1; score = 2 (float); type = 3, NORMAL if absent}
+        body = (b"\x0a" + _length_prefixed(piece.encode("utf-8"))
+                + b"\x15" + score_bytes[4 * i:4 * i + 4]
+                + (b"" if kind == NORMAL else bytes((0x18, kind))))
+        parts.append(b"\x0a" + _length_prefixed(body))
     trainer = (_int_field(3, _MODEL_TYPE_BPE) + _int_field(4, len(tokens))
                + _int_field(35, 1)  # byte_fallback
                + _int_field(40, unk_id) + _int_field(41, bos_id) + _int_field(42, eos_id)
