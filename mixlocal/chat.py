@@ -101,6 +101,12 @@ def _fold_system(messages: list[dict]) -> list[dict]:
     return [first, *messages[n + 1:]]
 
 
+def _marker(tag: str, index) -> str:
+    """What stands in for a message's content while the template renders (private-use
+    characters: a template's trim or escape leaves them alone)."""
+    return f"\ue000{tag}:{index}\ue001"
+
+
 class ChatFormat:
     """A model's chat format: `render` gives the prompt text, `encode` its token ids."""
 
@@ -151,23 +157,23 @@ class ChatFormat:
                 from None
         return "".join(out)
 
-    def _accepted(self, messages) -> tuple[list[dict], str]:
-        """The messages as the template takes them, and the text it renders for them."""
+    def _accepted(self, messages, add_generation_prompt: bool) -> tuple[list[dict], str]:
+        """The messages as the template takes them (a system turn folded into the first
+        user turn if the template rejects it), and the text it renders for them."""
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not messages:
             raise ChatTemplateError("no messages to format")
         try:
-            return messages, self._render(messages, False)
+            return messages, self._render(messages, add_generation_prompt)
         except ChatTemplateError:
             folded = _fold_system(messages)
             if folded is messages:
                 raise
-            return folded, self._render(folded, False)
+            return folded, self._render(folded, add_generation_prompt)
 
     def render(self, messages, add_generation_prompt: bool = True) -> str:
         """The prompt text for messages ({"role", "content"} dicts)."""
-        messages, _ = self._accepted(messages)
-        return self._render(messages, add_generation_prompt)
+        return self._accepted(messages, add_generation_prompt)[1]
 
     # --- tokenizing --------------------------------------------------------------------
 
@@ -180,10 +186,9 @@ class ChatFormat:
         tokenized on its own, a leading space written by the template standing for
         the dummy prefix: this is how mistral-common builds Mixtral's prompts.
         """
-        messages, _ = self._accepted(messages)
-        text = self._render(messages, add_generation_prompt)
+        messages, text = self._accepted(messages, add_generation_prompt)
         tag = secrets.token_hex(4)
-        marked = [{**m, "content": f"\ue000{tag}:{i}\ue001"} for i, m in enumerate(messages)]
+        marked = [{**m, "content": _marker(tag, i)} for i, m in enumerate(messages)]
         skeleton = self._render(marked, add_generation_prompt)
         cuts = self._turn_starts(marked, skeleton) if self.tokenizer.space_prefix else []
         return self._tokenize(self._parts(skeleton, tag, messages, text, cuts))
@@ -204,7 +209,7 @@ class ChatFormat:
     @staticmethod
     def _parts(skeleton: str, tag: str, messages: list[dict], text: str, cuts: list[int]):
         """The rendered prompt as ("template", str), ("content", str) and None (a cut)."""
-        pieces = re.split(f"\ue000{tag}:(\\d+)\ue001", skeleton)
+        pieces = re.split(_marker(tag, "(\\d+)"), skeleton)
         contents = [m["content"] for m in messages]
         # A template may trim the content; use what it made of it.
         for form in (contents, [c.strip() for c in contents]):
@@ -212,18 +217,15 @@ class ChatFormat:
                        for j, p in enumerate(pieces)) == text:
                 contents = form
                 break
-        parts, pos, cuts = [], 0, list(cuts)
+        parts, pos, pending = [], 0, list(cuts)
         for j, p in enumerate(pieces):
-            if j % 2:
-                while cuts and cuts[0] <= pos:
-                    parts.append(None)
-                    cuts.pop(0)
+            if j % 2:  # a marker: the content it stands for
                 parts.append(("content", contents[int(p)]))
-                pos += len(f"\ue000{tag}:{p}\ue001")
+                pos += len(_marker(tag, p))
                 continue
             start = 0
-            while cuts and cuts[0] <= pos + len(p):
-                at = max(cuts.pop(0) - pos, start)
+            while pending and pending[0] <= pos + len(p):  # turns start in template text
+                at = pending.pop(0) - pos
                 parts += [("template", p[start:at]), None]
                 start = at
             parts.append(("template", p[start:]))
