@@ -3,7 +3,8 @@
 Tolerances: dequantize and get_rows must equal gguf-py bit for bit (every kernel
 repeats its float32 operations in the same order). matvec and matmul accumulate in
 float32, so the whole output vector must be within 1e-5 relative (L2 norm) of a
-float64 product of the same dequantized weights.
+float64 product of the same dequantized weights. (quant.matvec on quantized weights
+takes the SIMD 8-bit path when the CPU has one: its accuracy is test_matvec.py's.)
 """
 
 import importlib
@@ -14,6 +15,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from mixlocal.quant import (QT, SUPPORTED, QTensor, block_size, dequantize, get_rows,
                             matmul, matvec)
+from mixlocal.quant.matvec_plain import matvec_rows
 from mixlocal.quant.randblocks import random_blocks
 
 # the submodule, not the function of the same name that the package exports
@@ -78,14 +80,15 @@ def test_get_rows_matches_gguf_exactly(qtype):
 
 @pytest.mark.parametrize("writeable", [False, True], ids=["readonly", "writeable"])
 @pytest.mark.parametrize("qtype", TYPES, ids=[t.name for t in TYPES])
-def test_matvec_against_float64(qtype, writeable):
+def test_plain_matvec_against_float64(qtype, writeable):
+    """The portable float path (quant.matvec's fallback; test_matvec.py tests SIMD)."""
     rng = np.random.default_rng(7)
     for rows in ROWS:
         for cols in _cols(qtype):
             w = _tensor(qtype, rows, cols, rows + cols, writeable)
             x = rng.standard_normal(cols).astype(np.float32)
-            y = matvec(w, x)
-            assert y.dtype == np.float32 and y.shape == (rows,)
+            y = np.empty(rows, np.float32)
+            matvec_rows(int(qtype), w.data, x, y)
             y_ref = _reference(w).astype(np.float64) @ x.astype(np.float64)
             assert _rel_err(y, y_ref) < REL_TOL, (rows, cols)
 
@@ -99,11 +102,13 @@ def test_matmul_against_float64(qtype, monkeypatch):
         # 16-row tiles, so most row counts end in a partial tile
         monkeypatch.setattr(matmul_module, "TILE_BYTES", 16 * 4 * cols)
         w_ref = _reference(w).astype(np.float64)
-        for n in (1, 2, 5, 33):
+        for n in (2, 5, 33):
             x = rng.standard_normal((n, cols)).astype(np.float32)
             y = matmul(w, x)
             assert y.dtype == np.float32 and y.shape == (n, rows)
             assert _rel_err(y, x.astype(np.float64) @ w_ref.T) < REL_TOL, (rows, n)
+        # one token is a matrix-vector product
+        np.testing.assert_array_equal(matmul(w, x[:1]), matvec(w, x[0])[None])
 
 
 def test_products_reject_wrong_input_shapes():

@@ -18,6 +18,7 @@ from .matmul import matmul_tiled
 from .matvec import BY_QTYPE, matvec_blocks
 from .matvec import matvec_multi as _matvec_multi
 from .matvec_plain import matvec_rows
+from .threads import run_split
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
            "matvec", "matvec_multi", "matmul", "dequantize", "get_rows"]
@@ -32,6 +33,9 @@ class QTensor:
     @property
     def nbytes(self) -> int:
         return self.data.nbytes
+
+
+_ROWS_PER_TASK = 64  # rows one thread decodes at a time in dequantize()
 
 
 def _kind(w: QTensor) -> int:
@@ -58,8 +62,14 @@ def _vectors(x: np.ndarray, cols: int, ndim: int) -> np.ndarray:
 
 def dequantize(w: QTensor) -> np.ndarray:
     """The whole matrix as float32 (rows, cols)."""
+    kind, data = _kind(w), _blocks(w)
     out = np.empty(w.shape, np.float32)
-    dequant_rows(_kind(w), _blocks(w), out)
+
+    def decode(starts):
+        for r0 in starts:
+            dequant_rows(kind, data[r0:r0 + _ROWS_PER_TASK], out[r0:r0 + _ROWS_PER_TASK])
+
+    run_split(decode, range(0, w.shape[0], _ROWS_PER_TASK))
     return out
 
 

@@ -2,9 +2,9 @@
 
 One `dequant_row_<format>(src, dst)` per format decodes one row (`src`: its uint8
 blocks, `dst`: float32 of the row's length). `dequant_row` dispatches on the GGML type
-number, and the parallel drivers below it (whole matrices, gathered rows) are shared by
-every format. Layouts follow gguf-py's quants.py, and each kernel repeats its float32
-operations in the same order, so results match it bit for bit.
+number, and the drivers below it (runs of rows, gathered rows) serve every format.
+Layouts follow gguf-py's quants.py, and each kernel repeats its float32 operations in
+the same order, so results match it bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 # Type numbers as plain ints: Numba freezes these globals into the kernels.
@@ -279,15 +279,16 @@ def dequant_row(qtype, src, dst):
         dequant_row_bf16(src, dst)
 
 
-@njit(cache=True, parallel=True)
+# Serial and GIL-free: callers split the rows over threads (see threads.py).
+@njit(cache=True, nogil=True)
 def dequant_rows(qtype, data, out):
-    """out[r] = row r of `data` (uint8 (rows, row_bytes)) as float32, rows in parallel."""
-    for r in prange(data.shape[0]):
+    """out[r] = row r of `data` (uint8 (rows, row_bytes)) as float32."""
+    for r in range(data.shape[0]):
         dequant_row(qtype, data[r], out[r])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def gather_rows(qtype, data, ids, out):
     """out[i] = row ids[i] of `data` as float32 (an embedding lookup)."""
-    for i in prange(ids.size):
+    for i in range(ids.size):
         dequant_row(qtype, data[ids[i]], out[i])

@@ -1,9 +1,12 @@
-"""How many threads the kernels use: Numba's prange and numpy's BLAS (OpenBLAS).
+"""How the quant kernels use the cores.
 
-Numba's count can change at any time. OpenBLAS reads OPENBLAS_NUM_THREADS once, at
-import; afterwards only its own set_num_threads changes it, so this module finds that
-function in the OpenBLAS that numpy loaded (wheels rename it; other BLAS builds are
-left alone).
+Matrix-vector products run in Numba's prange. Matrix-matrix work (dequantize, matmul)
+runs in one pool of Python threads: each thread decodes a tile with a Numba kernel that
+releases the GIL, then multiplies it with single-threaded BLAS while it is still in its
+cache. BLAS is therefore set to one thread when this module loads: OpenBLAS's spinning
+workers and Numba's, alternating on the same cores, ran a 2-core machine 10x slower.
+
+The thread count is Numba's (`numba.set_num_threads`, or `set_threads` here).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -19,21 +23,42 @@ _BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_th
                  "openblas_set_num_threads64_", "openblas_set_num_threads")
 
 
-def _blas_setter():
+def _set_blas_threads(n: int) -> bool:
+    """Set the OpenBLAS that numpy loaded (wheels rename its functions) to n threads."""
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     for path in glob.glob(os.path.join(libs_dir, "*openblas*.so*")):
         lib = ctypes.CDLL(path)
         for name in _BLAS_SETTERS:
             if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
+                getattr(lib, name)(n)
+                return True
+    return False
+
+
+_set_blas_threads(1)
+_pool = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                           thread_name_prefix="mixlocal-quant")
 
 
 def set_threads(n: int) -> int:
-    """Use n threads (at most Numba's NUMBA_NUM_THREADS) in every kernel; returns n used."""
+    """Use n threads (at most NUMBA_NUM_THREADS) in every kernel; returns the count used."""
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    setter = _blas_setter()
-    if setter is not None:
-        setter(n)
     return n
+
+
+def run_split(task, items) -> None:
+    """Call task(part) on up to get_num_threads() interleaved parts of `items` at once.
+
+    The calling thread does the first part itself; exceptions are re-raised here.
+    """
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1:
+        task(items)
+        return
+    futures = [_pool.submit(task, items[k::workers]) for k in range(1, workers)]
+    try:
+        task(items[::workers])
+    finally:
+        for f in futures:
+            f.result()
