@@ -192,7 +192,7 @@ def test_perplexity_command_equals_api(routed, tmp_path, capsys):
 @pytest.mark.parametrize("text, args, message", [
     ("", [], "the file is empty"),
     ("the sun", [], "tokens, fewer than one window of 512"),
-    ("the sun " * 100, ["--experts", "9"], "--experts 9: routed.gguf has 8 experts"),
+    ("the sun " * 100, ["--experts", "9"], "--experts 9 is more than the model's 8"),
 ])
 def test_perplexity_bad_input(routed, tmp_path, capsys, text, args, message):
     path = tmp_path / "t.txt"

@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..perplexity import evaluate, windows
 from .app import app
-from .common import ModelOption, UsageError, VerboseOption, err_console, plain_output
-from .route import load_model
+from .common import (ModelOption, UsageError, VerboseOption, check_experts, err_console,
+                     plain_output)
+from .route import ExpertsOption, ThreadsOption, load_model
 
 
 @app.command()
@@ -24,23 +25,16 @@ def perplexity(
     ] = 512,
     chunks: Annotated[Optional[int], typer.Option(
         "--chunks", min=1, show_default=False, help="Score only the first N windows.")] = None,
-    experts: Annotated[Optional[int], typer.Option(
-        "--experts", min=1, show_default=False,
-        help="Active experts per token (default: the model's own).")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")
-    ] = None,
+    experts: ExpertsOption = None,
+    threads: ThreadsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Perplexity of a text file, computed as llama.cpp's perplexity tool does."""
     text = file.read_text(encoding="utf-8")
     if not text.strip():
         raise UsageError(f"{file}: the file is empty")
-    path, m, tokenizer = load_model(model, threads)
-    c = m.config
-    if experts is not None and (not c.is_moe or experts > c.n_expert):
-        raise UsageError(f"--experts {experts}: {path.name} has "
-                         f"{c.n_expert if c.is_moe else 'no'} experts")
+    _, m, tokenizer = load_model(model, threads)
+    check_experts(experts, m.config)
     # As llama.cpp: BOS (when the model adds one) starts the text and every window.
     ids = tokenizer.encode(text, add_bos=tokenizer.add_bos)
     bos = tokenizer.bos_id if tokenizer.add_bos else None

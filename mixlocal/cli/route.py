@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -23,8 +23,8 @@ from rich.text import Text
 from ..routing import (RoutedText, RouteSummary, RouteTrace, js_divergence, random_baselines,
                        summarize, to_json)
 from .app import app
-from .common import (ModelOption, UsageError, VerboseOption, out_console, plain_output,
-                     resolve_model, status)
+from .common import (ModelOption, UsageError, VerboseOption, check_experts, out_console,
+                     plain_output, resolve_model, status)
 
 # Tableau's 10 colours, distinct enough side by side; black text reads on each.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
@@ -32,6 +32,12 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 BAR_WIDTH = 24
+
+ExpertsOption = Annotated[Optional[int], typer.Option(
+    "--experts", min=1, show_default=False,
+    help="Active experts per token (default: the model's own).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")]
 
 
 def expert_style(expert: int) -> Style:
@@ -187,23 +193,31 @@ def write_png(path: Path, doc: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    texts = doc["texts"]
+    texts, layers = doc["texts"], doc["layers"]
     fig, axes = plt.subplots(1, len(texts) + 1, figsize=(4 * (len(texts) + 1), 5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     vmax = max(np.max(t["summary"]["share"]) for t in texts)
     for ax, text in zip(axes[0], texts):
         image = ax.imshow(np.array(text["summary"]["share"]), aspect="auto", cmap="viridis",
-                          vmin=0, vmax=vmax)
+                          vmin=0, vmax=vmax, origin="lower",
+                          extent=(-0.5, doc["n_expert"] - 0.5, layers[0] - 0.5, layers[-1] + 0.5))
         ax.set(title=f"{text['name']}: expert share", xlabel="expert", ylabel="layer")
-    fig.colorbar(image, ax=axes[0, :-1])
+    fig.colorbar(image, ax=axes[0, :-1], label="share of routing choices")
     ax = axes[0, -1]
-    for text in texts:
-        ax.plot(text["summary"]["repeat_first"], label=f"{text['name']} first")
-        ax.plot(text["summary"]["repeat_shared"], label=f"{text['name']} shared", ls="--")
-    for name, value in doc["baseline"].items():
+    for i, text in enumerate(texts):
+        colour = f"C{i}"
+        ax.plot(layers, text["summary"]["repeat_first"], color=colour, label=f"{text['name']} first")
+        ax.plot(layers, text["summary"]["repeat_shared"], color=colour, ls="--",
+                label=f"{text['name']} shared")
+    for value in doc["baseline"].values():
         ax.axhline(value, color="grey", lw=0.8, ls=":")
-    ax.set(title="consecutive tokens, same expert", xlabel="layer", ylabel="rate", ylim=(0, 1))
+    ax.set(title="consecutive tokens, same expert\n(dotted: random router)", xlabel="layer",
+           ylabel="rate", ylim=(0, 1))
+    for a in axes[0]:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.yaxis.set_major_locator(MaxNLocator(integer=a is not ax))
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -282,18 +296,14 @@ def route(
     n_generate: Annotated[int, typer.Option(
         "--generate", "-g", min=0, help="Continue the text by N greedy tokens, routed too.")
     ] = 0,
-    experts: Annotated[Optional[int], typer.Option(
-        "--experts", min=1, show_default=False,
-        help="Active experts per token (default: the model's own).")] = None,
+    experts: ExpertsOption = None,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", dir_okay=False, show_default=False,
         help="Write the whole trace and the summaries to this JSON file.")] = None,
     png_path: Annotated[Optional[Path], typer.Option(
         "--png", dir_okay=False, show_default=False,
         help="Draw the share heat map and repetition rates (needs mixlocal[plot]).")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")
-    ] = None,
+    threads: ThreadsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Show which experts the router picks for each token of a text."""
@@ -305,8 +315,7 @@ def route(
     if not c.is_moe:
         raise UsageError(f"{path.name} is a dense model: it has no router, so there is no "
                          f"routing to show")
-    if experts is not None and experts > c.n_expert:
-        raise UsageError(f"--experts {experts} is more than the model's {c.n_expert}")
+    check_experts(experts, c)
     layers = parse_layers(layer, c.n_layer)
     texts = []
     for name, body in inputs:
