@@ -27,7 +27,7 @@ from .simd import (at, bit_bytes, dot_i8, dpbusd, f16_at, fadd, fma, hsum, iadd,
                    load_nibbles, load_u8x32, mul_halves, or_shl, shr_and, splat_u8, zeros_f32,
                    zeros_i32)
 
-_inline = njit(cache=True, inline="always")
+_inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
 
 @_inline
@@ -194,7 +194,7 @@ def _block(fmt, path, acc, corr, w, o, xq, xd, xs, b):
     """The block function of format `fmt` (a string literal)."""
 
 
-@overload(_block, prefer_literal=True)
+@overload(_block, prefer_literal=True, jit_options={"forceinline": True})
 def _block_impl(fmt, path, acc, corr, w, o, xq, xd, xs, b):
     if isinstance(fmt, types.StringLiteral):
         fn = FORMATS[fmt.literal_value][1]
