@@ -31,6 +31,20 @@ def _f32_from_bits(typingctx, bits):
     return types.float32(types.uint32), codegen
 
 
+@intrinsic
+def _hidden(typingctx, n):
+    """n, hidden from LLVM's constant folding (an empty inline asm passes it through).
+
+    LLVM fully unrolls a loop of a known short count, then leaves it scalar (it cannot
+    rule out that src and dst overlap). A loop of unknown count reaches the loop
+    vectorizer instead, which checks for overlap at run time: 3x faster kernels here.
+    """
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
+        return builder.asm(fnty, "", "=r,0", [args[0]], side_effect=False)
+    return types.int64(types.int64), codegen
+
+
 _TWO_112 = np.float32(2.0 ** 112)  # rebiases f16's exponent (15) to f32's (127)
 
 
@@ -99,7 +113,7 @@ def _row_32(src, dst, nbytes, has_min, has_high):
         d = _f16(src, o)
         m = _f16(src, o + 2) if has_min else np.float32(0.0)
         qh = _u32(src, o + o_qh) if has_high else np.uint32(0)
-        for j in range(16):
+        for j in range(_hidden(16)):
             b = np.int32(src[o + o_qs + j])
             lo = (b & 15) | (np.int32((qh >> j) & 1) << 4)
             hi = (b >> 4) | (np.int32((qh >> (j + 16)) & 1) << 4)
@@ -137,11 +151,14 @@ def dequant_row_q8_0(src, dst):
     for blk in range(dst.size // 32):
         o = blk * 34
         d = _f16(src, o)
-        for j in range(32):
+        for j in range(_hidden(32)):
             dst[blk * 32 + j] = np.float32(_i8(src[o + 2 + j])) * d
 
 
 # -- K-quants: 256-weight super-blocks ----------------------------------------------
+
+# Q2_K, Q3_K and Q6_K: 16 sub-blocks of 16 weights; sub-block `sub` takes 16 bytes at
+# 32 * (sub >> 3) + 16 * (sub & 1) of the 2-bit planes, bit pair (sub >> 1) & 3.
 
 @njit(cache=True)
 def dequant_row_q2_k(src, dst):
@@ -150,16 +167,15 @@ def dequant_row_q2_k(src, dst):
         o = blk * 84
         d = _f16(src, o + 80)
         dmin = _f16(src, o + 82)
-        for h in range(2):
-            for s in range(4):
-                for half in range(2):
-                    sub = h * 8 + s * 2 + half
-                    sc = np.int32(src[o + sub])
-                    dl = d * np.float32(sc & 15)
-                    ml = dmin * np.float32(sc >> 4)
-                    for l in range(half * 16, half * 16 + 16):
-                        q = (np.int32(src[o + 16 + h * 32 + l]) >> (2 * s)) & 3
-                        dst[blk * 256 + h * 128 + s * 32 + l] = dl * np.float32(q) - ml
+        for sub in range(16):
+            sc = np.int32(src[o + sub])
+            dl = d * np.float32(sc & 15)
+            ml = dmin * np.float32(sc >> 4)
+            o_q = o + 16 + 32 * (sub >> 3) + 16 * (sub & 1)
+            shift = 2 * ((sub >> 1) & 3)
+            for j in range(_hidden(16)):
+                q = (np.int32(src[o_q + j]) >> shift) & 3
+                dst[blk * 256 + sub * 16 + j] = dl * np.float32(q) - ml
 
 
 @njit(cache=True, inline="always")
@@ -172,20 +188,20 @@ def _scale_q3_k(src, o, i):
 
 @njit(cache=True)
 def dequant_row_q3_k(src, dst):
-    # hmask[32] (third bit, set = no -4 offset), qs[64] 2-bit, scales[12], f16 d
+    # hmask[32] (third bit; clear means -4), qs[64] 2-bit, scales[12], f16 d
     for blk in range(dst.size // 256):
         o = blk * 110
         d = _f16(src, o + 108)
-        for h in range(2):
-            for s in range(4):
-                for half in range(2):
-                    sub = h * 8 + s * 2 + half
-                    dl = d * np.float32(_scale_q3_k(src, o + 96, sub))
-                    for l in range(half * 16, half * 16 + 16):
-                        q = (np.int32(src[o + 32 + h * 32 + l]) >> (2 * s)) & 3
-                        high = (np.int32(src[o + l]) >> (h * 4 + s)) & 1
-                        q -= (high ^ 1) << 2
-                        dst[blk * 256 + h * 128 + s * 32 + l] = dl * np.float32(q)
+        for sub in range(16):
+            dl = d * np.float32(_scale_q3_k(src, o + 96, sub))
+            l0 = 16 * (sub & 1)
+            o_q = o + 32 + 32 * (sub >> 3) + l0
+            shift = 2 * ((sub >> 1) & 3)
+            bit = sub >> 1  # hmask bit: 4 * (sub >> 3) + ((sub >> 1) & 3)
+            for j in range(_hidden(16)):
+                q = (np.int32(src[o_q + j]) >> shift) & 3
+                q -= (((np.int32(src[o + l0 + j]) >> bit) & 1) ^ 1) << 2
+                dst[blk * 256 + sub * 16 + j] = dl * np.float32(q)
 
 
 @njit(cache=True, inline="always")
@@ -213,7 +229,7 @@ def _row_q45_k(src, dst, nbytes, has_high):
             dl = d * np.float32(sc)
             ml = dmin * np.float32(m)
             shift = 4 * (sub & 1)
-            for l in range(32):
+            for l in range(_hidden(32)):
                 q = (np.int32(src[o + o_qs + (sub >> 1) * 32 + l]) >> shift) & 15
                 if has_high:
                     q |= ((np.int32(src[o + 16 + l]) >> sub) & 1) << 4
@@ -233,17 +249,21 @@ def dequant_row_q5_k(src, dst):
 @njit(cache=True)
 def dequant_row_q6_k(src, dst):
     # ql[128] low 4 bits, qh[64] high 2 bits, scales[16] int8, f16 d: w = d*sc*(q - 32)
+    # Sub-block sub: low nibbles at 64 * (sub >> 3) + 16 * (sub & 3), shifted by
+    # 4 * ((sub >> 2) & 1); high pairs as Q2_K's planes.
     for blk in range(dst.size // 256):
         o = blk * 210
         d = _f16(src, o + 208)
-        for h in range(2):
-            for sub in range(8):
-                dl = d * np.float32(_i8(src[o + 192 + h * 8 + sub]))
-                i0 = sub * 16
-                for i in range(i0, i0 + 16):
-                    lo = (np.int32(src[o + h * 64 + (i & 63)]) >> (4 * (i >> 6))) & 15
-                    hi = (np.int32(src[o + 128 + h * 32 + (i & 31)]) >> (2 * (i >> 5))) & 3
-                    dst[blk * 256 + h * 128 + i] = dl * np.float32((lo | (hi << 4)) - 32)
+        for sub in range(16):
+            dl = d * np.float32(_i8(src[o + 192 + sub]))
+            o_lo = o + 64 * (sub >> 3) + 16 * (sub & 3)
+            s_lo = 4 * ((sub >> 2) & 1)
+            o_hi = o + 128 + 32 * (sub >> 3) + 16 * (sub & 1)
+            s_hi = 2 * ((sub >> 1) & 3)
+            for j in range(_hidden(16)):
+                lo = (np.int32(src[o_lo + j]) >> s_lo) & 15
+                hi = (np.int32(src[o_hi + j]) >> s_hi) & 3
+                dst[blk * 256 + sub * 16 + j] = dl * np.float32((lo | (hi << 4)) - 32)
 
 
 # -- dispatch and drivers -----------------------------------------------------------
