@@ -8,10 +8,12 @@ against numbers recomputed here, in plain Python, from the --json trace.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -231,3 +233,30 @@ def test_smollm2_perplexity_is_plausible(smollm2_path, tmp_path, capsys):
     print(f"SmolLM2-135M Q4_1, ctx 128, {err.splitlines()[0]}: PPL {ppl:.4f}")
     # A 135M model on plain English prose: far below chance (49152), far above 1.
     assert 3 < ppl < 40
+
+
+def test_run_show_experts_marks_each_token(routed, tmp_path, capsys, monkeypatch):
+    """The streamed answer's tokens carry the experts the built routers give them."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code, _, err = mixlocal(capsys, "route", "the sun", "-m", routed, "--generate", "8",
+                            "--json", tmp_path / "g.json")
+    assert code == 0, err
+    text = json.loads((tmp_path / "g.json").read_text())["texts"][0]
+    n_prompt = len(text["tokens"]) - 8
+    code, out, err = mixlocal(capsys, "run", "the sun", "-m", routed, "--raw", "-n", "8",
+                              "--temp", "0", "--repeat-penalty", "1", "--show-experts",
+                              "--layer", "2")
+    assert code == 0, err
+    sub = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+    def marked(piece, token):
+        # The mark goes before a line break; the terminal writer drops control characters.
+        piece = "".join(ch for ch in piece if ch == "\n" or unicodedata.category(ch) != "Cc")
+        body = piece.rstrip("\n")
+        return body + str(first_choice(2, token)).translate(sub) + piece[len(body):]
+
+    answer = list(zip(text["pieces"], text["tokens"]))[n_prompt:]
+    # Every piece but the last (never fed back to the model) is marked.
+    want = "".join(marked(p, t) for p, t in answer[:-1]) + answer[-1][0]
+    assert out == want + ("" if want.endswith("\n") else "\n")
+    assert "first-choice expert at layer 2" in err

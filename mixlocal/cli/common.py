@@ -133,6 +133,11 @@ class GenOptions:
     ] = field(default_factory=list)
     no_stream: Annotated[bool, typer.Option(
         "--no-stream", help="Print the answer only once it is complete.")] = False
+    show_experts: Annotated[bool, typer.Option(
+        "--show-experts", help="Mark each answer token with its first-choice expert.")] = False
+    layer: Annotated[Optional[int], typer.Option(
+        "--layer", "-l", min=0, show_default=False,
+        help="The layer --show-experts shows (default: the middle one).")] = None
     verbose: VerboseOption = False
 
 
@@ -197,10 +202,16 @@ def open_session(opts: GenOptions):
         chat_format = ChatFormat.from_gguf(model.file, tokenizer)
     c = model.config
     check_experts(opts.experts, c)
+    observer = None
+    if opts.show_experts:
+        from .route import ExpertStream
+        if opts.no_stream:
+            raise UsageError("--show-experts marks a streamed answer: drop --no-stream")
+        observer = ExpertStream(path.name, c, opts.layer)
     session = Session(model, tokenizer, chat_format, settings,
                       n_ctx=context_size(opts.ctx, c.n_ctx_train), system=opts.system,
                       max_tokens=None if opts.max_tokens < 0 else opts.max_tokens,
-                      stop=opts.stop, n_expert_used=opts.experts)
+                      stop=opts.stop, n_expert_used=opts.experts, observer=observer)
     if opts.verbose:
         err_console().print(f"loaded {path} in {load.seconds:.2f} s; chat format: "
                             f"{chat_format.source}; context {session.n_ctx}")
@@ -212,6 +223,8 @@ def stream_answer(session, pieces, *, stream: bool = True) -> str:
 
     A spinner on stderr covers the prompt's processing until the first piece.
     """
+    from .route import ExpertStream
+    marks = session.observer if isinstance(session.observer, ExpertStream) else None
     answer = []
     spinner = err_console().status(
         f"Processing the prompt ({session.last.prompt_processed} tokens)", spinner="dots")
@@ -222,10 +235,12 @@ def stream_answer(session, pieces, *, stream: bool = True) -> str:
                 spinner.stop()
                 answer.append(piece)
                 if stream:
-                    sys.stdout.write(piece)
+                    (marks.write if marks else sys.stdout.write)(piece)
                     sys.stdout.flush()
     finally:
         spinner.stop()
+        if marks:
+            marks.close()
     text = "".join(answer)
     if not stream:
         sys.stdout.write(text)

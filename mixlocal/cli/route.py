@@ -23,8 +23,8 @@ from rich.text import Text
 from ..routing import (RoutedText, RouteSummary, RouteTrace, js_divergence, random_baselines,
                        summarize, to_json)
 from .app import app
-from .common import (ModelOption, UsageError, VerboseOption, check_experts, out_console,
-                     plain_output, resolve_model, status)
+from .common import (ModelOption, UsageError, VerboseOption, check_experts, err_console,
+                     out_console, plain_output, resolve_model, status)
 
 # Tableau's 10 colours, distinct enough side by side; black text reads on each.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
@@ -64,21 +64,64 @@ def legend(n_expert: int, plain: bool) -> Text:
     return Text.assemble(*parts)
 
 
+def require_router(name: str, config) -> None:
+    if not config.is_moe:
+        raise UsageError(f"{name} is a dense model: it has no router, so there is no "
+                         f"routing to show")
+
+
+def check_layer(layer: int, n_layer: int) -> int:
+    if not 0 <= layer < n_layer:
+        raise UsageError(f"--layer {layer} is out of range: the model has layers "
+                         f"0..{n_layer - 1}")
+    return layer
+
+
 def parse_layers(spec: str | None, n_layer: int) -> list[int]:
     """'0,15,31' -> [0, 15, 31]; by default the first, middle and last layers."""
     if spec is None:
         return sorted({0, (n_layer - 1) // 2, n_layer - 1})
     layers = []
     for part in spec.split(","):
-        try:
-            layer = int(part)
-        except ValueError:
-            raise UsageError(f"--layer: {part.strip()!r} is not a layer number") from None
-        if not 0 <= layer < n_layer:
-            raise UsageError(f"--layer {layer} is out of range: the model has layers "
-                             f"0..{n_layer - 1}")
-        layers.append(layer)
+        if not part.strip().isdigit():
+            raise UsageError(f"--layer: {part.strip()!r} is not a layer number")
+        layers.append(check_layer(int(part), n_layer))
     return layers
+
+
+class ExpertStream:
+    """`run/chat --show-experts`: the streamed answer marked with each token's
+    first-choice expert at one layer. It is also the model's route observer.
+
+    A token is routed when it is fed back to the model, one step after its text is
+    shown, so each piece waits for the next routing decision at the layer; the answer's
+    last piece, never fed back, is written unmarked.
+    """
+
+    def __init__(self, name: str, config, layer: int | None):
+        require_router(name, config)
+        self.layer = check_layer((config.n_layer - 1) // 2 if layer is None else layer,
+                                 config.n_layer)
+        self.plain = plain_output()
+        self._expert = 0
+        self._pending = ""
+        err = err_console()
+        err.print(f"Tokens marked by their first-choice expert at layer {self.layer}")
+        err.print(legend(config.n_expert, self.plain))
+
+    def on_route(self, layer: int, positions, experts, weights) -> None:
+        if layer == self.layer:
+            self._expert = int(experts[-1, 0])
+
+    def write(self, piece: str) -> None:
+        if self._pending:
+            out_console().print(expert_piece(self._pending, self._expert, self.plain),
+                                end="", soft_wrap=True)
+        self._pending = piece
+
+    def close(self) -> None:
+        sys.stdout.write(self._pending)
+        self._pending = ""
 
 
 # --- views ---------------------------------------------------------------------------
@@ -312,9 +355,7 @@ def route(
     inputs = read_inputs(text, files)
     path, m, tokenizer = load_model(model, threads)
     c = m.config
-    if not c.is_moe:
-        raise UsageError(f"{path.name} is a dense model: it has no router, so there is no "
-                         f"routing to show")
+    require_router(path.name, c)
     check_experts(experts, c)
     layers = parse_layers(layer, c.n_layer)
     texts = []
