@@ -40,7 +40,9 @@ def _options(
     """Run Mixtral-style mixture-of-experts GGUF models locally on a CPU."""
 
 
-from . import chat, info, run  # noqa: E402,F401  (each registers its command)
+# Each module registers its command; --help lists them in this order.
+from . import run  # noqa: E402,F401,I001
+from . import chat, info  # noqa: E402,F401
 from . import perplexity, route  # noqa: E402,F401
 from . import tokenize  # noqa: E402,F401
 from .common import UsageError  # noqa: E402
