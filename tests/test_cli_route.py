@@ -151,6 +151,8 @@ def test_route_reads_stdin(routed, tmp_path):
     (["route", "hello", "--layer", "3"], "--layer 3 is out of range: the model has layers 0..2"),
     (["route", "hello", "--layer", "0,x"], "--layer: 'x' is not a layer number"),
     (["route", "hello", "--experts", "9"], "--experts 9 is more than the model's 8"),
+    (["route", "the sun", "--generate", "260"],
+     "text: 265 tokens (the text and --generate) do not fit the model's context of 256"),
 ])
 def test_route_bad_input(routed, capsys, args, message):
     code, out, err = mixlocal(capsys, *args, "-m", routed)

@@ -300,6 +300,10 @@ def trace_text(model, tokenizer, name: str, text: str, *, n_generate: int,
         raise UsageError(f"{name}: the text is empty")
     if len(ids) < 2:
         raise UsageError(f"{name}: the text is one token; routing views need at least two")
+    needed, n_ctx = len(ids) + n_generate, model.config.n_ctx_train
+    if needed > n_ctx:
+        raise UsageError(f"{name}: {needed} tokens (the text and --generate) do not fit the "
+                         f"model's context of {n_ctx}")
     trace = RouteTrace(model.config.n_expert)
     cache = model.new_cache(len(ids) + n_generate)
     run = dict(n_expert_used=n_expert_used, observer=trace)
