@@ -1,0 +1,329 @@
+"""Prompt-processing and generation speed of mixlocal and llama.cpp, side by side.
+
+Like llama-bench: ppN is N prompt tokens run at once into an empty context, tgN is N
+tokens decoded one at a time (logits computed, no sampling), both in tokens/s. Each
+run is a fresh subprocess (one engine, one setting, one thread count) that loads the
+model, warms up, then times every test once; engines alternate run by run, so a
+slow spell of the machine hits them alike, and each figure is the median of the runs.
+
+llama.cpp runs through llama-cpp-python (the `bench` extra) in the Python given by
+--llama-python, in two settings: `mmap` reads the memory-mapped file in place, as
+mixlocal does; `repack` lets llama.cpp copy weights into its interleaved CPU layout
+first (more memory, often faster). Generation speed is also set against the memory
+bandwidth limit: bytes of weights one token reads, over read bandwidth measured here.
+
+    python benchmarks/bench.py FILE.gguf [FILE.gguf ...] --threads 1,2 --reps 3
+
+This file also holds the worker (`--worker SPEC`); it needs only numpy and the engine,
+so it runs in llama-cpp-python's environment as well as in mixlocal's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+N_CTX = 512
+WARMUP_PROMPT = 32  # enough tokens to touch every expert before timing
+SEED = 1234
+
+
+def _tokens(n: int, n_vocab: int, salt: int) -> list[int]:
+    import numpy as np
+    # Past the control and byte tokens; the same ids for both engines.
+    return np.random.default_rng(SEED + salt).integers(300, n_vocab, n).tolist()
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM), bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# --- workers: each times one engine, prints one JSON line ------------------------------
+
+class _Mixlocal:
+    def __init__(self, spec: dict):
+        t0 = time.perf_counter()
+        from mixlocal.model import Model, set_threads
+        set_threads(spec["threads"])
+        self.model = Model.load(spec["file"], n_ctx=N_CTX)
+        self.n_vocab = self.model.config.n_vocab
+        self.load_s = time.perf_counter() - t0
+
+    def prompt(self, tokens: list[int]) -> None:
+        self.model.forward(tokens, self.model.new_cache())
+
+    def generate(self, tokens: list[int]) -> None:
+        cache = self.model.new_cache()
+        for t in tokens:
+            self.model.forward([t], cache)
+
+
+class _LlamaCpp:
+    def __init__(self, spec: dict):
+        import ctypes
+        import llama_cpp as L
+        self.L, self.ctypes = L, ctypes
+        t0 = time.perf_counter()
+        quiet = L.llama_log_callback(lambda level, text, data: None)
+        L.llama_log_set(quiet, ctypes.c_void_p())
+        self._keep = quiet
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.load_mode = L.LLAMA_LOAD_MODE_MMAP
+        mp.use_extra_bufts = spec["setting"] == "repack"
+        self.model = L.llama_model_load_from_file(spec["file"].encode(), mp)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {spec['file']}")
+        cp = L.llama_context_default_params()
+        cp.n_ctx = N_CTX
+        cp.n_batch = cp.n_ubatch = N_CTX
+        cp.n_threads = cp.n_threads_batch = spec["threads"]
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.load_s = time.perf_counter() - t0
+
+    def _decode(self, tokens: list[int]) -> None:
+        arr = (self.L.llama_token * len(tokens))(*tokens)
+        if self.L.llama_decode(self.ctx, self.L.llama_batch_get_one(arr, len(tokens))):
+            raise RuntimeError("llama_decode failed")
+
+    def _clear(self) -> None:
+        self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
+
+    def prompt(self, tokens: list[int]) -> None:
+        self._clear()
+        self._decode(tokens)
+        self.L.llama_synchronize(self.ctx)
+
+    def generate(self, tokens: list[int]) -> None:
+        self._clear()
+        for t in tokens:
+            self._decode([t])
+        self.L.llama_synchronize(self.ctx)
+
+
+def _read_bandwidth(path: str, threads: int) -> float:
+    """GB/s of a parallel sum over the file's bytes (page cache warm, map touched)."""
+    import numpy as np
+    from numba import njit, prange, set_num_threads
+
+    @njit(cache=True, parallel=True)
+    def total(words):
+        chunks = 64
+        n = words.size // chunks
+        s = np.zeros(chunks, np.uint64)
+        for c in prange(chunks):
+            acc = np.uint64(0)
+            for i in range(c * n, (c + 1) * n):
+                acc += words[i]
+            s[c] = acc
+        return s.sum()
+
+    set_num_threads(threads)
+    mm = np.memmap(path, np.uint64, "r", shape=(os.path.getsize(path) // 8,))
+    total(mm)  # first touch: page faults, not bandwidth
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total(mm)
+        times.append(time.perf_counter() - t0)
+    return mm.nbytes / min(times) / 1e9
+
+
+def worker(spec: dict) -> dict:
+    if spec["engine"] == "bandwidth":
+        return {"gbps": _read_bandwidth(spec["file"], spec["threads"]), "rss": _peak_rss()}
+    engine = (_Mixlocal if spec["engine"] == "mixlocal" else _LlamaCpp)(spec)
+    engine.prompt(_tokens(WARMUP_PROMPT, engine.n_vocab, 0))
+    engine.generate(_tokens(2, engine.n_vocab, 1))
+    seconds = {}
+    for test in spec["tests"]:
+        kind, n = test[:2], int(test[2:])
+        tokens = _tokens(n, engine.n_vocab, 2)
+        t0 = time.perf_counter()
+        (engine.prompt if kind == "pp" else engine.generate)(tokens)
+        seconds[test] = time.perf_counter() - t0
+    return {"seconds": seconds, "load_s": engine.load_s, "rss": _peak_rss()}
+
+
+# --- the orchestrator --------------------------------------------------------------------
+
+def bytes_per_token(path: str) -> tuple[int, int]:
+    """(bytes of all weights, bytes of weights one generated token reads)."""
+    from mixlocal.config import ModelConfig
+    from mixlocal.gguf_file import GGUFFile
+    from mixlocal.weights import load_weights
+
+    f = GGUFFile(path)
+    c = ModelConfig.from_gguf(f)
+    w = load_weights(f, c)
+    per_token = w.nbytes - w.token_embd.nbytes + w.token_embd.nbytes // w.token_embd.shape[0]
+    if w.output is w.token_embd:  # tied: the output reads the whole matrix after all
+        per_token += w.token_embd.nbytes
+    for layer in w.layers:
+        if layer.router is not None:
+            expert = sum(m.nbytes for m in (layer.experts[0].gate, layer.experts[0].up,
+                                             layer.experts[0].down))
+            per_token -= (len(layer.experts) - c.n_expert_used) * expert
+    return w.nbytes, per_token
+
+
+def _run_worker(python: str, spec: dict) -> dict:
+    here = Path(__file__).resolve()
+    proc = subprocess.run([python, str(here), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, cwd=here.parent.parent)
+    if proc.returncode:
+        raise RuntimeError(f"{spec['engine']} worker failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _engines(args) -> list[tuple[str, str, str]]:
+    """(engine, setting, python) in the order a round runs them."""
+    out = [("mixlocal", "mmap", sys.executable)]
+    if args.llama_python:
+        out += [("llama.cpp", s, args.llama_python) for s in args.llama_settings]
+    return out
+
+
+def bench_file(path: str, args, log) -> dict:
+    total, per_token = bytes_per_token(path)
+    result = {"file": path, "weight_bytes": total, "bytes_per_token": per_token, "runs": []}
+    engines = _engines(args)
+    for threads in args.threads:
+        bw = _run_worker(sys.executable, {"engine": "bandwidth", "file": path,
+                                          "threads": threads})["gbps"]
+        result.setdefault("bandwidth_gbps", {})[threads] = bw
+        log(f"{Path(path).name}: {threads} thread(s), read bandwidth {bw:.1f} GB/s")
+        for r in range(args.reps):
+            # Rotate the order, so no engine always runs first after a pause.
+            for engine, setting, python in engines[r % len(engines):] + engines[:r % len(engines)]:
+                spec = {"engine": "mixlocal" if engine == "mixlocal" else "llama",
+                        "setting": setting, "file": path, "threads": threads,
+                        "tests": args.tests}
+                out = _run_worker(python, spec)
+                out.update(engine=engine, setting=setting, threads=threads, rep=r)
+                result["runs"].append(out)
+                log(f"  rep {r} {engine:9} {setting:6} "
+                    + " ".join(f"{t}={int(t[2:]) / s:.1f}" for t, s in out["seconds"].items())
+                    + f" t/s  rss={out['rss'] / 2**20:.0f} MiB")
+    return result
+
+
+def summarize(result: dict) -> dict:
+    """Medians per (engine, setting, threads, test), and the ratios to llama.cpp."""
+    groups: dict[tuple, list] = {}
+    for run in result["runs"]:
+        key = (run["engine"], run["setting"], run["threads"])
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for (engine, setting, threads), runs in groups.items():
+        for test in runs[0]["seconds"]:
+            rates = [int(test[2:]) / r["seconds"][test] for r in runs]
+            rows.append({"engine": engine, "setting": setting, "threads": threads,
+                         "test": test, "tps": statistics.median(rates),
+                         "spread": (max(rates) - min(rates)) / 2, "n": len(rates)})
+        rows.append({"engine": engine, "setting": setting, "threads": threads,
+                     "test": "rss", "bytes": statistics.median(r["rss"] for r in runs)})
+    return {"rows": rows}
+
+
+def _fmt_table(result: dict, summary: dict) -> str:
+    per_token = result["bytes_per_token"]
+    rows = [r for r in summary["rows"] if r["test"] != "rss"]
+    rss = {(r["engine"], r["setting"], r["threads"]): r["bytes"]
+           for r in summary["rows"] if r["test"] == "rss"}
+    best_llama = {}
+    for r in rows:
+        if r["engine"] == "llama.cpp":
+            key = (r["threads"], r["test"])
+            best_llama[key] = max(best_llama.get(key, 0), r["tps"])
+    lines = [f"### {Path(result['file']).name}: {result['weight_bytes'] / 1e9:.2f} GB of "
+             f"weights, {per_token / 1e9:.3f} GB read per generated token", "",
+             "| engine | setting | threads | test | t/s | vs best llama.cpp | "
+             "of bw limit | peak RSS MiB |",
+             "|---|---|--:|---|--:|--:|--:|--:|"]
+    for r in rows:
+        ratio = r["tps"] / best_llama[(r["threads"], r["test"])] \
+            if (r["threads"], r["test"]) in best_llama else None
+        bw_frac = ""
+        if r["test"].startswith("tg"):
+            limit = result["bandwidth_gbps"][r["threads"]] * 1e9 / per_token
+            bw_frac = f"{r['tps'] / limit:.0%}"
+        lines.append(f"| {r['engine']} | {r['setting']} | {r['threads']} | {r['test']} | "
+                     f"{r['tps']:.2f} ± {r['spread']:.2f} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {bw_frac} | "
+                     f"{rss[(r['engine'], r['setting'], r['threads'])] / 2**20:.0f} |")
+    limits = ", ".join(f"{t} thread(s) {gb:.1f} GB/s = {gb * 1e9 / per_token:.1f} t/s"
+                       for t, gb in result["bandwidth_gbps"].items())
+    lines += ["", f"Bandwidth limit for generation: {limits}."]
+    return "\n".join(lines)
+
+
+def _llama_python_default() -> str | None:
+    for cand in (os.environ.get("LLAMA_PYTHON"), "/work/benchenv/bin/python"):
+        if cand and Path(cand).exists():
+            return cand
+    try:
+        import llama_cpp  # noqa: F401
+        return sys.executable
+    except ImportError:
+        return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", help="GGUF files (see benchmarks/make_mixtral.py)")
+    p.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    p.add_argument("--tests", default="pp64,pp256,tg32", help="ppN and tgN tests")
+    p.add_argument("--reps", type=int, default=3, help="runs per engine (median taken)")
+    p.add_argument("--llama-python", default=_llama_python_default(),
+                   help="a Python with llama-cpp-python (default: $LLAMA_PYTHON, "
+                        "/work/benchenv/bin/python, or this one if it has it)")
+    p.add_argument("--llama-settings", default="mmap,repack",
+                   help="llama.cpp settings to run: mmap, repack")
+    p.add_argument("--no-llama", action="store_true", help="run mixlocal only")
+    p.add_argument("--json", type=Path, help="also write every run and median here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if not args.files:
+        p.error("no GGUF files given")
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.tests = args.tests.split(",")
+    args.llama_settings = args.llama_settings.split(",")
+    if args.no_llama:
+        args.llama_python = None
+    elif not args.llama_python:
+        print("bench: llama-cpp-python not found (pip install 'mixlocal[bench]' or "
+              "--llama-python); running mixlocal alone", file=sys.stderr)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    log(f"load average {os.getloadavg()[0]:.2f}")
+    results = []
+    for path in args.files:
+        result = bench_file(path, args, log)
+        result["summary"] = summarize(result)
+        results.append(result)
+        print(_fmt_table(result, result["summary"]) + "\n", flush=True)
+    log(f"load average {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

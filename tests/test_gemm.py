@@ -1,0 +1,37 @@
+"""The 8-bit prompt-processing kernel (quant.gemm), every format on every SIMD path.
+
+Each token's output row is held to matvec's bounds (test_matvec._check: against the
+same 8-bit activations up to float32 rounding, and against the float activations
+within half a quantization step per element), and must equal matvec on that token up
+to the order of float32 summation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_matvec import QTYPES, SIMD_PATHS, _check, _cols, _weights
+
+from mixlocal.quant.gemm import matmul_q8
+from mixlocal.quant.matvec import matvec_blocks
+
+pytestmark = pytest.mark.skipif(not SIMD_PATHS,
+                                reason="this CPU has neither AVX2 nor AVX512-VNNI")
+
+
+@pytest.mark.parametrize("path", SIMD_PATHS)
+@pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
+def test_gemm_against_matvec_and_float64(qtype, path):
+    rng = np.random.default_rng(7)
+    # odd row counts pair the last row with itself; 2, 5 and 9 tokens are padded to 4s
+    for rows, n in ((1, 2), (7, 5), (66, 9), (33, 4)):
+        cols = _cols(qtype)[rows % 2]
+        blocks, W = _weights(qtype, rows, cols, rows + n)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        y = matmul_q8(path, qtype, blocks, x)
+        assert y.shape == (n, rows) and y.dtype == np.float32 and y.flags.c_contiguous
+        for t in range(n):
+            _check(y[t], W, x[t], qtype)
+            y_vec = matvec_blocks(path, qtype, blocks, x[t])
+            np.testing.assert_allclose(y[t], y_vec, rtol=1e-5,
+                                       atol=1e-5 * np.abs(y_vec).max())
