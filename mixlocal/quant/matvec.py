@@ -23,9 +23,9 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .q8 import Q8, quantize_q8_0, quantize_q8_k
-from .simd import (at, bit_bytes, dot_i8, dpbusd, f16_at, fadd, fma, hsum, iadd, isub,
-                   load_nibbles, load_u8x32, mul_halves, or_shl, shr_and, splat_u8, zeros_f32,
-                   zeros_i32)
+from .simd import (at, bit_bytes, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at, fadd, fma, hsum,
+                   isub, load_i16x16, load_nibbles, load_u8x32, maddubs, or_shl, pick2,
+                   shr_and, splat_u8, spread_pairs, u32_at, zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
@@ -73,103 +73,97 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
+# Each 32-weight chunk: pair sums (maddubs), then a multiply-add with the chunk's int16
+# scales (pick2 of a 16-lane scale table), into one int32 accumulator per super-block.
+# Weight offsets and minimums meet the activation sums in one more multiply-add.
 
-@_inline
-def _scale_min_k4(w, o, j):
-    """Sub-block j's 6-bit scale and min from the 12 packed bytes at o (Q4_K, Q5_K)."""
-    if j < 4:
-        return at(w, o + j) & 63, at(w, o + j + 4) & 63
-    sc = (at(w, o + j + 4) & 15) | ((at(w, o + j - 4) >> 6) << 4)
-    return sc, (at(w, o + j + 4) >> 4) | ((at(w, o + j) >> 6) << 4)
+_LOW6, _LOW4, _LOW2 = 0x3F3F3F3F, 0x0F0F0F0F, 0x03030303  # per-byte masks
 
 
 @_inline
-def _q45_k(path, acc, corr, w, o, xq, xd, xs, b, qh, qs):
+def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs):
     """Q4_K / Q5_K from byte offsets of the fifth bits qh (-1: none) and nibbles qs:
-    f16 d, f16 dmin, 12 B scales and mins; w = d sc q - dmin m per 32 weights."""
+    f16 d, f16 dmin, 12 B of 6-bit scales and mins; w = d sc q - dmin m per 32."""
+    u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
+    sc = bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0)
+    mn = bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0)
     isum = zeros_i32()
-    msum = 0
-    for j in range(0, 8, 2):  # 32 bytes of nibbles: sub-blocks j (low) and j + 1 (high)
+    for j in range(0, 8, 2):  # 32 bytes of nibbles: chunks j (low) and j + 1 (high)
         v = load_u8x32(w, o + qs + 16 * j)
         lo, hi = shr_and(v, 0, 15), shr_and(v, 4, 15)
         if qh >= 0:
             bits = load_u8x32(w, o + qh)
             lo, hi = or_shl(lo, shr_and(bits, j, 1), 4), or_shl(hi, shr_and(bits, j + 1, 1), 4)
-        sc0, m0 = _scale_min_k4(w, o + 4, j)
-        sc1, m1 = _scale_min_k4(w, o + 4, j + 1)
-        p0 = dpbusd(path, zeros_i32(), lo, load_u8x32(xq, 256 * b + 32 * j))
-        p1 = dpbusd(path, zeros_i32(), hi, load_u8x32(xq, 256 * b + 32 * j + 32))
-        isum = iadd(isum, iadd(mul_halves(p0, sc0, sc0), mul_halves(p1, sc1, sc1)))
-        s = 16 * b + 2 * j
-        msum += m0 * (at(xs, s) + at(xs, s + 1)) + m1 * (at(xs, s + 2) + at(xs, s + 3))
+        a = 256 * b + 32 * j
+        isum = dpwssd(path, isum, maddubs(lo, load_u8x32(xq, a)), pick2(sc, j, j))
+        isum = dpwssd(path, isum, maddubs(hi, load_u8x32(xq, a + 32)), pick2(sc, j + 1, j + 1))
+    mins = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), spread_pairs(mn))
     da = at(xd, b)
-    return fma(acc, isum, f16_at(w, o) * da), corr - f16_at(w, o + 2) * da * msum
+    return fma(fma(acc, isum, f16_at(w, o) * da), mins, -f16_at(w, o + 2) * da)
 
 
 @_inline
 def _q4_k(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, corr, w, o, xq, xd, xs, b, -1, 16)
+    return _q45_k(path, acc, w, o, xq, xd, xs, b, -1, 16), corr
 
 
 @_inline
 def _q5_k(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, corr, w, o, xq, xd, xs, b, 16, 48)
+    return _q45_k(path, acc, w, o, xq, xd, xs, b, 16, 48), corr
 
 
 @_inline
 def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
     """128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d; w = d sc (q - 32)."""
+    sc = bytes_i16(u32_at(w, o + 192), u32_at(w, o + 196), u32_at(w, o + 200),
+                   u32_at(w, o + 204), 0)
     isum = zeros_i32()
-    offset = 0
     for j in range(8):  # 32 weights; half h = j // 4 of the super-block
         h, c = j // 4, j % 4
         lo = shr_and(load_u8x32(w, o + 64 * h + 32 * (c % 2)), 4 * (c // 2), 15)
         q = or_shl(lo, shr_and(load_u8x32(w, o + 128 + 32 * h), 2 * c, 3), 4)
-        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
-        sc0, sc1 = np.int32(np.int8(at(w, o + 192 + 2 * j))), np.int32(np.int8(at(w, o + 193 + 2 * j)))
-        isum = iadd(isum, mul_halves(p, sc0, sc1))
-        offset += sc0 * at(xs, 16 * b + 2 * j) + sc1 * at(xs, 16 * b + 2 * j + 1)
+        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
+                      pick2(sc, 2 * j, 2 * j + 1))
+    offset = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), sc)
     d = f16_at(w, o + 208) * at(xd, b)
-    return fma(acc, isum, d), corr - d * 32 * offset
-
-
-@_inline
-def _q3_k_scale(w, o, i):
-    """Scale i of 16: 6 bits (low 4 in bytes 0-7, high 2 in bytes 8-11), minus 32."""
-    lo = (at(w, o + i % 8) >> (4 * (i // 8))) & 15
-    hi = (at(w, o + 8 + i % 4) >> (2 * (i // 4))) & 3
-    return np.int32(lo | (hi << 4)) - 32
+    return fma(fma(acc, isum, d), offset, -32 * d), corr
 
 
 @_inline
 def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
-    """32 B high-bit mask, 64 B low 2 bits, 12 B scales, f16 d; w = d sc (q - 4)."""
+    """32 B high-bit mask, 64 B low 2 bits, 12 B of 6-bit scales, f16 d;
+    w = d (sc - 32) (q - 4)."""
+    u0, u1, u2 = u32_at(w, o + 96), u32_at(w, o + 100), u32_at(w, o + 104)
+    sc = bytes_i16((u0 & _LOW4) | ((u2 & _LOW2) << 4),
+                   (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
+                   ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
+                   ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32)
     isum = zeros_i32()
-    offset = 0
     for j in range(8):
         low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
         q = or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
-        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
-        sc0, sc1 = _q3_k_scale(w, o + 96, 2 * j), _q3_k_scale(w, o + 96, 2 * j + 1)
-        isum = iadd(isum, mul_halves(p, sc0, sc1))
-        offset += sc0 * at(xs, 16 * b + 2 * j) + sc1 * at(xs, 16 * b + 2 * j + 1)
+        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
+                      pick2(sc, 2 * j, 2 * j + 1))
+    offset = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), sc)
     d = f16_at(w, o + 108) * at(xd, b)
-    return fma(acc, isum, d), corr - d * 4 * offset
+    return fma(fma(acc, isum, d), offset, -4 * d), corr
 
 
 @_inline
 def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
     """16 B of 4-bit scale and min pairs, 64 B of 2-bit weights, f16 d, f16 dmin."""
+    u0, u1, u2, u3 = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
+    sc = bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0)
+    mn = bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
+                   (u3 >> 4) & _LOW4, 0)
     isum = zeros_i32()
-    msum = 0
     for j in range(8):
         q = shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
-        p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 256 * b + 32 * j))
-        k0, k1 = at(w, o + 2 * j), at(w, o + 2 * j + 1)
-        isum = iadd(isum, mul_halves(p, k0 & 15, k1 & 15))
-        msum += (k0 >> 4) * at(xs, 16 * b + 2 * j) + (k1 >> 4) * at(xs, 16 * b + 2 * j + 1)
+        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
+                      pick2(sc, 2 * j, 2 * j + 1))
+    mins = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), mn)
     da = at(xd, b)
-    return fma(acc, isum, f16_at(w, o + 80) * da), corr - f16_at(w, o + 82) * da * msum
+    return fma(fma(acc, isum, f16_at(w, o + 80) * da), mins, -f16_at(w, o + 82) * da), corr
 
 
 # --- dispatch --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from numba import njit
 class Q8(NamedTuple):
     q: np.ndarray  # int8 (n,)
     d: np.ndarray  # float32 (n // block,): value i is q[i] * d[i // block]
-    s: np.ndarray  # int32 sums of q per `sum_len` values (block for Q8_0, 16 for Q8_K)
+    s: np.ndarray  # int16 sums of q per `sum_len` values (block for Q8_0, 16 for Q8_K)
 
     def dequantize(self) -> np.ndarray:
         """The float32 vector these bytes stand for."""
@@ -32,7 +32,7 @@ def _quantize(x, block, sum_len):
     n = x.size
     q = np.empty(n, np.int8)
     d = np.empty(n // block, np.float32)
-    s = np.zeros(n // sum_len, np.int32)
+    s = np.zeros(n // sum_len, np.int16)  # |sum| <= 32 * 127
     for b in range(n // block):
         amax = np.float32(0.0)
         for i in range(b * block, (b + 1) * block):
@@ -55,7 +55,7 @@ def _check(x: np.ndarray, block: int) -> np.ndarray:
 
 
 def quantize_q8_0(x: np.ndarray) -> Q8:
-    """Blocks of 32: int8 values, a float32 scale and the int32 sum per block."""
+    """Blocks of 32: int8 values, a float32 scale and the int16 sum per block."""
     return Q8(*_quantize(_check(x, 32), 32, 32))
 
 

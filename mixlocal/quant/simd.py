@@ -1,10 +1,11 @@
 """SIMD building blocks for the 8-bit integer dot products, as Numba intrinsics.
 
-Three vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
-unsigned values, or int8 activations), i32x8 (integer partial sums) and f32x8 (float
-accumulators). Each intrinsic below emits a few lines of LLVM IR, inlined where it is
-called; only `dpbusd` and `dot_i8` depend on the instruction set, chosen by a path
-name that must be a compile-time string literal ("vnni" or "avx2", see cpu.py).
+Four vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
+unsigned values, or int8 activations), i16x16 (pair sums, scales), i32x8 (integer
+partial sums) and f32x8 (float accumulators). Each intrinsic below emits a few lines
+of LLVM IR, inlined where it is called; only `dpbusd`, `dot_i8` and `dpwssd` depend on
+the instruction set, chosen by a path name that must be a compile-time string literal
+("vnni" or "avx2", see cpu.py).
 
 Byte offsets are unchecked: callers index whole blocks inside C-contiguous arrays.
 """
@@ -38,9 +39,11 @@ class _VecModel(models.PrimitiveModel):
 
 
 u8x32 = Vec("i8", 32)
+i16x16 = Vec("i16", 16)
 i32x8 = Vec("i32", 8)
 f32x8 = Vec("f32", 8)
-_V8, _V32, _VF = (ir.VectorType(t, n) for t, n in ((_I8, 32), (_I32, 8), (_F32, 8)))
+_V8, _V16, _V32, _VF = (ir.VectorType(t, n) for t, n in
+                        ((_I8, 32), (_I16, 16), (_I32, 8), (_F32, 8)))
 
 
 def _consts(vtype, values):
@@ -91,6 +94,22 @@ def f16_at(typingctx, arr, offset):
         ptr = _at(context, builder, sig.args[0], args[0], args[1], ir.HalfType())
         return builder.fpext(builder.load(ptr, align=1), _F32)
     return types.float32(arr, offset), codegen
+
+
+@intrinsic
+def u32_at(typingctx, arr, offset):
+    """The little-endian uint32 at byte `offset` of a uint8 array."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+    return types.uint32(arr, offset), codegen
+
+
+@intrinsic
+def load_i16x16(typingctx, arr, i):
+    """16 values of an int16 array from element i."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _V16), align=2)
+    return i16x16(arr, i), codegen
 
 
 @intrinsic
@@ -196,19 +215,59 @@ def dot_i8(typingctx, path, acc, w, s):
 
 
 @intrinsic
-def mul_halves(typingctx, p, s0, s1):
-    """p times s0 in lanes 0-3 and s1 in lanes 4-7 (two 16-weight sub-blocks)."""
+def maddubs(typingctx, u, s):
+    """Pair sums u[2i] s[2i] + u[2i+1] s[2i+1] (u unsigned, s signed), int16 saturating."""
     def codegen(context, builder, sig, args):
-        a = _splat(builder, builder.trunc(args[1], _I32), _V32)
-        b = _splat(builder, builder.trunc(args[2], _I32), _V32)
-        scale = builder.shuffle_vector(a, b, _consts(_V32, [0, 1, 2, 3, 12, 13, 14, 15]))
-        return builder.mul(args[0], scale)
-    return i32x8(p, s0, s1), codegen
+        return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, list(args))
+    return i16x16(u, s), codegen
 
 
 @intrinsic
-def iadd(typingctx, a, b):
-    return i32x8(a, b), lambda context, builder, sig, args: builder.add(*args)
+def dpwssd(typingctx, path, acc, a, b):
+    """acc + a[2i] b[2i] + a[2i+1] b[2i+1] per int32 lane (int16 a, b)."""
+    if not isinstance(path, types.StringLiteral):
+        return None
+    name = path.literal_value
+
+    def codegen(context, builder, sig, args):
+        acc, a, b = args[1:]
+        if name == "vnni":
+            return _call(builder, "llvm.x86.avx512.vpdpwssd.256", _V32,
+                         [acc, builder.bitcast(a, _V32), builder.bitcast(b, _V32)])
+        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [a, b]))
+    return i32x8(path, acc, a, b), codegen
+
+
+@intrinsic
+def bytes_i16(typingctx, a0, a1, a2, a3, sub):
+    """The 16 bytes of four uint32 (little-endian) as int8, widened to int16, minus sub."""
+    def codegen(context, builder, sig, args):
+        words = ir.Constant(ir.VectorType(_I32, 4), ir.Undefined)
+        for k in range(4):
+            words = builder.insert_element(words, builder.trunc(args[k], _I32), _I32(k))
+        wide = builder.sext(builder.bitcast(words, ir.VectorType(_I8, 16)), _V16)
+        return builder.sub(wide, _splat(builder, builder.trunc(args[4], _I16), _V16))
+    return i16x16(a0, a1, a2, a3, sub), codegen
+
+
+@intrinsic
+def pick2(typingctx, t, a, b):
+    """t[a] in lanes 0-7 and t[b] in lanes 8-15: the scales of two 16-weight halves."""
+    def codegen(context, builder, sig, args):
+        ta = _splat(builder, builder.extract_element(args[0], builder.trunc(args[1], _I32)), _V16)
+        tb = _splat(builder, builder.extract_element(args[0], builder.trunc(args[2], _I32)), _V16)
+        return builder.shuffle_vector(ta, tb, _consts(ir.VectorType(_I32, 16),
+                                                      list(range(8)) + list(range(24, 32))))
+    return i16x16(t, a, b), codegen
+
+
+@intrinsic
+def spread_pairs(typingctx, t):
+    """t[j] in lanes 2j and 2j + 1, j < 8: one value per pair of int16 sums."""
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[0], _consts(ir.VectorType(_I32, 16),
+                                                                [j // 2 for j in range(16)]))
+    return i16x16(t), codegen
 
 
 @intrinsic
