@@ -69,6 +69,8 @@ CtxOption = Annotated[Optional[int], typer.Option(
 ExpertsOption = Annotated[Optional[int], typer.Option(
     "--experts", min=1, show_default=False,
     help="Active experts per token (default: the model's own).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")]
 
 
 def context_size(ctx: int | None, n_ctx_train: int) -> int:
@@ -122,9 +124,7 @@ class GenOptions:
     seed: Annotated[Optional[int], typer.Option(
         "--seed", min=0, show_default=False, help="Random seed (default: random).")] = None
     ctx: CtxOption = None
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")
-    ] = None
+    threads: ThreadsOption = None
     system: Annotated[Optional[str], typer.Option(
         "--system", "-s", show_default=False, help="System prompt.")] = None
     experts: ExpertsOption = None
@@ -179,6 +179,20 @@ def rate(n: int, seconds: float) -> str:
 
 
 # --- a loaded model, and an answer streamed to stdout --------------------------------
+
+def load_model(name: str | None, threads: int | None):
+    """The model file's path, the model and its tokenizer, with a spinner while they load."""
+    # Imported here so that `--help` starts without loading Numba.
+    from ..model import Model, set_threads
+    from ..tokenizer import Tokenizer
+
+    path = resolve_model(name)
+    with status(f"Loading {path.name}"):
+        set_threads(threads)
+        model = Model.load(path)
+        tokenizer = Tokenizer.from_gguf(model.file)
+    return path, model, tokenizer
+
 
 def open_session(opts: GenOptions):
     """Resolve, load and wrap the model in a Session, with a spinner while it loads."""

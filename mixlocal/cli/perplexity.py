@@ -10,9 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..perplexity import evaluate, windows
 from .app import app
-from .common import (ModelOption, UsageError, VerboseOption, check_experts, err_console,
-                     plain_output)
-from .route import ExpertsOption, ThreadsOption, load_model
+from .common import (ExpertsOption, ModelOption, ThreadsOption, UsageError, VerboseOption,
+                     check_experts, err_console, load_model, plain_output)
 
 
 @app.command()

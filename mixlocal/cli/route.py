@@ -23,25 +23,30 @@ from rich.text import Text
 from ..routing import (RoutedText, RouteSummary, RouteTrace, js_divergence, random_baselines,
                        summarize, to_json)
 from .app import app
-from .common import (ModelOption, UsageError, VerboseOption, check_experts, err_console,
-                     out_console, plain_output, resolve_model, status)
+from .common import (ExpertsOption, ModelOption, ThreadsOption, UsageError, VerboseOption,
+                     check_experts, err_console, load_model, out_console, plain_output, status)
 
-# Tableau's 10 colours, distinct enough side by side; black text reads on each.
+# Tableau's 10 colours, distinct side by side, black text reads on each; a terminal
+# of 16 colours would merge some of them, so it gets its 8 hues instead.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
            "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
+ANSI_PALETTE = ("red", "green", "yellow", "blue", "magenta", "cyan", "white", "bright_black")
+_DARK = {"red", "blue", "magenta", "bright_black"}  # white text on these
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 BAR_WIDTH = 24
 
-ExpertsOption = Annotated[Optional[int], typer.Option(
-    "--experts", min=1, show_default=False,
-    help="Active experts per token (default: the model's own).")]
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", "-t", min=1, show_default=False, help="Threads (default: all cores).")]
+
+
+def expert_colour(expert: int) -> str:
+    few = out_console().color_system in ("standard", "windows")
+    palette = ANSI_PALETTE if few else PALETTE
+    return palette[expert % len(palette)]
 
 
 def expert_style(expert: int) -> Style:
-    return Style(color="black", bgcolor=PALETTE[expert % len(PALETTE)])
+    colour = expert_colour(expert)
+    return Style(color="white" if colour in _DARK else "black", bgcolor=colour)
 
 
 def expert_piece(piece: str, expert: int, plain: bool) -> Text:
@@ -153,7 +158,7 @@ def share_table(texts: list[RoutedText], summaries: list[RouteSummary], layer: i
         for s in summaries:
             share = float(s.share[row, e])
             cells += [f"{100 * share:.1f}", Text(_bar(share / top, width),
-                                                 Style(color=PALETTE[e % len(PALETTE)]))]
+                                                 Style(color=expert_colour(e)))]
         table.add_row(str(e), *cells)
     return table
 
@@ -172,7 +177,7 @@ def overview_table(texts, summaries, divergence: np.ndarray | None) -> Table:
         cells = []
         for s in summaries:
             cells.append(Text.assemble(*(
-                (_BLOCKS[min(8, round(8 * share / full))], Style(color=PALETTE[e % len(PALETTE)]))
+                (_BLOCKS[min(8, round(8 * share / full))], Style(color=expert_colour(e)))
                 for e, share in enumerate(s.share[row]))))
         if divergence is not None:
             cells.append(f"{divergence[row]:.4f}")
@@ -267,20 +272,6 @@ def write_png(path: Path, doc: dict) -> None:
 
 
 # --- running the model ---------------------------------------------------------------
-
-def load_model(name: str | None, threads: int | None):
-    """The model and its tokenizer, with a spinner while they load."""
-    # Imported here so that `--help` starts without loading Numba.
-    from ..model import Model, set_threads
-    from ..tokenizer import Tokenizer
-
-    path = resolve_model(name)
-    with status(f"Loading {path.name}"):
-        set_threads(threads)
-        model = Model.load(path)
-        tokenizer = Tokenizer.from_gguf(model.file)
-    return path, model, tokenizer
-
 
 def display_pieces(tokenizer, ids: list[int]) -> list[str]:
     """The text each token adds; tokens that add none (BOS, a character's leading bytes)
