@@ -63,8 +63,10 @@ class Reference:
         g = x @ gate.T
         return (g / (1 + np.exp(-g)) * (x @ up.T)) @ down.T
 
-    def logits(self, tokens, n_expert_used: int | None = None) -> np.ndarray:
-        """Logits (n, n_vocab) of every token of the sequence."""
+    def logits(self, tokens, n_expert_used: int | None = None,
+               routes: dict | None = None) -> np.ndarray:
+        """Logits (n, n_vocab) of every token of the sequence; `routes`, if given, gets
+        {layer: chosen experts (n, k)}."""
         t, hd = self.t, self.head_dim
         n = len(tokens)
         pos = np.arange(n)
@@ -90,11 +92,15 @@ class Reference:
                 continue
             k_used = n_expert_used or self.n_expert_used
             out = np.zeros_like(x)
+            chosen = []
             for j in range(n):
                 p = np.exp(t[f"{blk}.ffn_gate_inp"] @ h[j])
                 p /= p.sum()
                 top = np.argsort(-p)[:k_used]
+                chosen.append(top)
                 for e in top:
                     out[j] += p[e] / p[top].sum() * self.ffn(h[j:j + 1], *self.expert(i, e))[0]
             x = x + out
+            if routes is not None:
+                routes[i] = np.array(chosen)
         return self.norm(x, t["output_norm"]) @ self.output.T

@@ -69,7 +69,7 @@ def test_the_filters_compose_in_llama_cpp_order():
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    return Model.load(tiny_model("moe", "q8_0"))
+    return Model.load(tiny_model("moe", "f32"))
 
 
 PROMPT = [1, 17, 300, 42, 99]

@@ -12,17 +12,23 @@ from mixlocal.gguf_file import GGUFFile
 from mixlocal.kv_cache import ContextOverflowError
 from mixlocal.model import Model
 
-# A prompt pass is float32 throughout (dequantized weights, BLAS): measured errors are
-# about 2e-5 of the logits' spread, so 2e-4 leaves room. One-token decoding may use
-# 8-bit activations (llama.cpp's method), so it gets a looser bound and must agree on
-# the most likely token.
-PROMPT_TOL = 2e-4
-DECODE_TOL = 2e-2
+# With float weights every product is float32: measured errors are ~2e-6 of the
+# logits' spread. With quantized weights a product on one row (a decoded token, an
+# expert that got one prompt token, the last token's logits) quantizes its activations
+# to 8 bits, as llama.cpp does: each such product is off by 1-2% of its spread, and two
+# layers compound that to 5-11% (measured).
+FLOAT_TOL = 1e-4
+QUANT_TOL = 0.15
 
 PROMPT = [1, 17, 300, 42, 42, 99, 260, 5, 311, 77, 8, 150]
 
-CASES = [
+FLOAT_CASES = [
     ("moe", "f32", "merged"),
+    ("moe", "f16", "per_expert"),
+    ("moe_tied", "f32", "merged"),
+    ("dense", "f16", "merged"),
+]
+QUANT_CASES = [
     ("moe", "q8_0", "per_expert"),
     ("moe_tied", "q4_0", "merged"),
     ("dense", "q8_0", "merged"),
@@ -36,48 +42,75 @@ def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / want.std())
 
 
-@pytest.fixture(scope="module")
-def reference_logits(tiny_model):
-    cache = {}
+class Recorder:
+    def __init__(self):
+        self.calls = []
 
-    def get(kind, quant, layout, k=None):
-        key = (kind, quant, layout, k)
-        if key not in cache:
-            cache[key] = Reference(tiny_model(kind, quant, layout)).logits(PROMPT, k)
-        return cache[key]
-    return get
+    def on_route(self, layer, positions, experts, weights):
+        self.calls.append((layer, positions.copy(), experts.copy(), weights.copy()))
 
-
-@pytest.mark.parametrize("kind,quant,layout", CASES)
-def test_prompt_logits_match_reference(tiny_model, reference_logits, kind, quant, layout):
-    model = Model.load(tiny_model(kind, quant, layout))
-    want = reference_logits(kind, quant, layout)
-    got = model.forward(PROMPT, model.new_cache(), logits_all=True)
-    assert got.shape == want.shape and got.dtype == np.float32
-    assert _rel_err(got, want) < PROMPT_TOL
-    last = model.forward(PROMPT, model.new_cache())  # the output by matvec
-    assert _rel_err(last, want[-1]) < DECODE_TOL and last.argmax() == want[-1].argmax()
+    def routes(self) -> dict[int, np.ndarray]:
+        """{layer: experts (n, k)} in position order, over all calls."""
+        by_layer: dict[int, list] = {}
+        for layer, _, experts, _ in self.calls:
+            by_layer.setdefault(layer, []).append(experts)
+        return {layer: np.concatenate(e) for layer, e in by_layer.items()}
 
 
-@pytest.mark.parametrize("kind,quant,layout", CASES)
-def test_decoding_with_cache_matches_reference(tiny_model, reference_logits, kind, quant,
-                                               layout):
-    model = Model.load(tiny_model(kind, quant, layout))
-    want = reference_logits(kind, quant, layout)
+def run_prompt(model, observer=None):
+    return model.forward(PROMPT, model.new_cache(), logits_all=True, observer=observer)
+
+
+def run_decode(model, observer=None):
     cache = model.new_cache()
-    got = np.stack([model.forward([t], cache) for t in PROMPT])
+    logits = np.stack([model.forward([t], cache, observer=observer) for t in PROMPT])
     assert cache.length == len(PROMPT) and cache.tokens == PROMPT
-    assert _rel_err(got, want) < DECODE_TOL
-    np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
+    return logits
+
+
+@pytest.mark.parametrize("kind,quant,layout", FLOAT_CASES)
+def test_float_weights_match_reference(tiny_model, kind, quant, layout):
+    path = tiny_model(kind, quant, layout)
+    model = Model.load(path)
+    want = Reference(path).logits(PROMPT)
+    prompt = run_prompt(model)
+    assert prompt.shape == want.shape and prompt.dtype == np.float32
+    assert _rel_err(prompt, want) < FLOAT_TOL
+    assert _rel_err(run_decode(model), want) < FLOAT_TOL
+    assert _rel_err(model.forward(PROMPT, model.new_cache()), want[-1]) < FLOAT_TOL
+
+
+@pytest.mark.parametrize("run", [run_prompt, run_decode], ids=["prompt", "decode"])
+@pytest.mark.parametrize("kind,quant,layout", QUANT_CASES)
+def test_quantized_weights_stay_close_to_reference(tiny_model, kind, quant, layout, run):
+    path = tiny_model(kind, quant, layout)
+    model = Model.load(path)
+    want_routes: dict[int, np.ndarray] = {}
+    want = Reference(path).logits(PROMPT, routes=want_routes)
+    rec = Recorder()
+    got = run(model, rec)
+    # 8-bit activations can tip a near tie between two experts; from that token on the
+    # sequence legitimately diverges, so only the tokens before it are compared.
+    same = len(PROMPT)
+    for layer, experts in rec.routes().items():
+        differ = np.any(np.sort(experts) != np.sort(want_routes[layer]), axis=1)
+        same = min(same, int(np.argmax(differ)) if differ.any() else same)
+    assert same >= 4
+    got, want = got[:same], want[:same]
+    assert _rel_err(got, want) < QUANT_TOL
+    # The most likely token agrees, unless the reference's best two are a near tie.
+    top = got.argmax(axis=1)
+    margin = want.max(axis=1) - want[np.arange(same), top]
+    assert np.all((top == want.argmax(axis=1)) | (margin < 0.1 * want.std()))
 
 
 def test_prompt_in_pieces_matches_one_pass(tiny_model):
-    model = Model.load(tiny_model("moe", "q8_0"))
+    model = Model.load(tiny_model("moe", "f32"))
     whole = model.forward(PROMPT, model.new_cache(), logits_all=True)
     cache = model.new_cache()
     pieces = [model.forward(PROMPT[:5], cache, logits_all=True),
               model.forward(PROMPT[5:], cache, logits_all=True)]
-    assert _rel_err(np.concatenate(pieces), whole) < PROMPT_TOL
+    assert _rel_err(np.concatenate(pieces), whole) < FLOAT_TOL
 
 
 def test_prompt_longer_than_a_batch(tiny_model, monkeypatch):
@@ -85,7 +118,7 @@ def test_prompt_longer_than_a_batch(tiny_model, monkeypatch):
     model = Model.load(tiny_model("moe", "f32"))
     whole = model.forward(PROMPT, model.new_cache(), logits_all=True)
     monkeypatch.setattr(model_module, "N_BATCH", 5)
-    assert _rel_err(model.forward(PROMPT, model.new_cache(), logits_all=True), whole) < PROMPT_TOL
+    assert _rel_err(model.forward(PROMPT, model.new_cache(), logits_all=True), whole) < FLOAT_TOL
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -94,7 +127,7 @@ def test_experts_per_token_override(tiny_model, k):
     model = Model.load(path)
     want = Reference(path).logits(PROMPT, k)
     got = model.forward(PROMPT, model.new_cache(), logits_all=True, n_expert_used=k)
-    assert _rel_err(got, want) < PROMPT_TOL
+    assert _rel_err(got, want) < FLOAT_TOL
     with pytest.raises(ValueError, match="experts per token"):
         model.forward(PROMPT, model.new_cache(), n_expert_used=9)
 
@@ -105,14 +138,6 @@ def test_both_layouts_give_identical_logits(tiny_model):
     for model in (merged, split):
         model.logits = model.forward(PROMPT, model.new_cache(), logits_all=True)
     np.testing.assert_array_equal(merged.logits, split.logits)
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def on_route(self, layer, positions, experts, weights):
-        self.calls.append((layer, positions.copy(), experts.copy(), weights.copy()))
 
 
 def test_observer_sees_every_moe_layer(tiny_model):
@@ -160,7 +185,7 @@ def test_unchosen_experts_are_never_read(tiny_model, tmp_path):
 
 
 def test_context_overflow_and_rollback(tiny_model):
-    model = Model.load(tiny_model("moe", "q8_0"))
+    model = Model.load(tiny_model("moe", "f32"))
     cache = model.new_cache(n_ctx=8)
     first = model.forward(PROMPT[:6], cache)
     with pytest.raises(ContextOverflowError, match="does not fit the context of 8"):
@@ -168,7 +193,7 @@ def test_context_overflow_and_rollback(tiny_model):
     assert cache.length == 6  # nothing was appended
     model.forward(PROMPT[6:8], cache)
     cache.truncate(5)
-    assert _rel_err(model.forward(PROMPT[5:6], cache), first) < DECODE_TOL
+    assert _rel_err(model.forward(PROMPT[5:6], cache), first) < FLOAT_TOL
     with pytest.raises(ValueError):
         cache.truncate(7)
 
@@ -186,7 +211,7 @@ def test_cache_longer_than_the_default_context(tiny_model):
     model = Model.load(path, n_ctx=4)
     cache = model.new_cache(n_ctx=len(PROMPT))
     got = model.forward(PROMPT, cache, logits_all=True)
-    assert _rel_err(got, Reference(path).logits(PROMPT)) < PROMPT_TOL
+    assert _rel_err(got, Reference(path).logits(PROMPT)) < FLOAT_TOL
 
 
 def test_smollm2_matches_reference(smollm2_path):
@@ -197,7 +222,7 @@ def test_smollm2_matches_reference(smollm2_path):
     tokenizer = Tokenizer.from_gguf(model.file)
     ids = tokenizer.encode("The capital of France is", add_bos=False)
     want = Reference(smollm2_path).logits(ids)
-    assert _rel_err(model.forward(ids, model.new_cache(), logits_all=True), want) < PROMPT_TOL
+    assert _rel_err(model.forward(ids, model.new_cache(), logits_all=True), want) < FLOAT_TOL
 
     # 8-bit activations compound over 30 layers (each product is off by ~2% of its
     # spread, as llama.cpp's are): the one-token path must still rank the same first.
