@@ -59,22 +59,18 @@ def _linear(w: quant.QTensor, x: np.ndarray) -> np.ndarray:
 
 class Rope:
     """llama.cpp's "normal" RoPE: rotates adjacent pairs (x[2i], x[2i+1]) of the first
-    rope_dim features by pos * base^(-2i/rope_dim)."""
+    rope_dim features by pos * base^(-2i/rope_dim). A pair is a complex number, so the
+    rotation is one complex product."""
 
     def __init__(self, rope_dim: int, base: float, n_ctx: int):
         inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)
         angles = np.outer(np.arange(n_ctx, dtype=np.float64), inv_freq)
-        self.cos = np.cos(angles).astype(np.float32)
-        self.sin = np.sin(angles).astype(np.float32)
-        self.dim = rope_dim
+        self.rotation = np.exp(1j * angles).astype(np.complex64)  # (n_ctx, rope_dim / 2)
 
     def __call__(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """x (n, heads, head_dim), rotated in place and returned."""
-        cos = self.cos[positions][:, None, :]
-        sin = self.sin[positions][:, None, :]
-        even, odd = x[..., 0:self.dim:2].copy(), x[..., 1:self.dim:2].copy()
-        x[..., 0:self.dim:2] = even * cos - odd * sin
-        x[..., 1:self.dim:2] = even * sin + odd * cos
+        """x: contiguous float32 (n, heads, head_dim), rotated in place and returned."""
+        pairs = x.view(np.complex64)
+        pairs[..., :self.rotation.shape[1]] *= self.rotation[positions][:, None, :]
         return x
 
 
@@ -137,7 +133,7 @@ class Model:
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         c = self.config
         n_ctx = n_ctx or self.n_ctx
-        if n_ctx > len(self._rope.cos):
+        if n_ctx > len(self._rope.rotation):
             self._rope = Rope(c.rope_dim, c.rope_base, n_ctx)
         return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
 

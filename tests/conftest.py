@@ -23,6 +23,7 @@ TINY = {
     "moe": _BASE,
     "dense": dataclasses.replace(_BASE, n_expert=0, n_expert_used=0),
     "moe_tied": dataclasses.replace(_BASE, tied_output=True),
+    "partial_rope": dataclasses.replace(_BASE, rope_dim=8),  # rotates half of each head
     "kquant": dataclasses.replace(_BASE, n_embd=256, n_ff=256, rope_dim=64),
 }
 

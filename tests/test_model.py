@@ -27,6 +27,7 @@ FLOAT_CASES = [
     ("moe", "f16", "per_expert"),
     ("moe_tied", "f32", "merged"),
     ("dense", "f16", "merged"),
+    ("partial_rope", "f32", "merged"),
 ]
 QUANT_CASES = [
     ("moe", "q8_0", "per_expert"),
