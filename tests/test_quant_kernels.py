@@ -100,7 +100,8 @@ def test_matmul_against_float64(qtype, monkeypatch):
         cols = _cols(qtype)[-1]
         w = _tensor(qtype, rows, cols, rows, writeable=False)
         # 16-row tiles, so most row counts end in a partial tile
-        monkeypatch.setattr(matmul_module, "TILE_BYTES", 16 * 4 * cols)
+        monkeypatch.setattr(matmul_module, "TILE_BYTES", 0)
+        monkeypatch.setattr(matmul_module, "MIN_TILE_ROWS", 16)
         w_ref = _reference(w).astype(np.float64)
         for n in (2, 5, 33):
             x = rng.standard_normal((n, cols)).astype(np.float32)

@@ -13,13 +13,14 @@ import numpy as np
 from .dequant import dequant_rows
 from .threads import run_split
 
-TILE_BYTES = 1 << 20  # float32 bytes of dequantized weights per tile
+TILE_BYTES = 1 << 20  # float32 bytes of dequantized weights per tile...
+MIN_TILE_ROWS = 128  # ...but at least this many rows: BLAS is slow on thin matrices
 
 
 def matmul_tiled(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(n, cols) float32 x times the (rows, cols) matrix in `data`, transposed."""
     rows, cols = data.shape[0], x.shape[1]
-    tile_rows = max(16, min(rows, TILE_BYTES // (4 * cols)))
+    tile_rows = min(rows, max(MIN_TILE_ROWS, TILE_BYTES // (4 * cols)))
     y = np.empty((x.shape[0], rows), np.float32)
 
     def multiply(starts):
