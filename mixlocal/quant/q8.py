@@ -3,9 +3,9 @@
 The integer kernels multiply weight blocks with activation blocks of the same length:
 Q8_0 style (32 values per float32 scale) for the 32-weight formats, Q8_K style (256
 values per scale) for the K-quants. Values lie in [-127, 127]: the AVX2 kernels rely
-on it (their int16 pair sums must not saturate). Each kind also carries the integer
-sums of its values, per block for Q8_0 and per 16 values for Q8_K (llama.cpp's
-bsums), which the kernels use for weight offsets and minimums.
+on it (their int16 pair sums must not saturate). Each kind also carries the sums of
+its values, per block for Q8_0 and per 16 values for Q8_K (llama.cpp's bsums), which
+the kernels use for weight offsets and minimums.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from numba import njit
 class Q8(NamedTuple):
     q: np.ndarray  # int8 (n,)
     d: np.ndarray  # float32 (n // block,): value i is q[i] * d[i // block]
-    s: np.ndarray  # int16 sums of q per `sum_len` values (block for Q8_0, 16 for Q8_K)
+    s: np.ndarray  # sums of q: float32 per block (Q8_0), int16 per 16 values (Q8_K)
 
     def dequantize(self) -> np.ndarray:
         """The float32 vector these bytes stand for."""
@@ -55,8 +55,10 @@ def _check(x: np.ndarray, block: int) -> np.ndarray:
 
 
 def quantize_q8_0(x: np.ndarray) -> Q8:
-    """Blocks of 32: int8 values, a float32 scale and the int16 sum per block."""
-    return Q8(*_quantize(_check(x, 32), 32, 32))
+    """Blocks of 32: int8 values, a float32 scale and the sum per block, as float32
+    (the kernels subtract it in float)."""
+    q, d, s = _quantize(_check(x, 32), 32, 32)
+    return Q8(q, d, s.astype(np.float32))
 
 
 def quantize_q8_k(x: np.ndarray) -> Q8:

@@ -285,6 +285,17 @@ def fma(typingctx, acc, p, scale):
 
 
 @intrinsic
+def fma_less(typingctx, acc, p, sub, scale):
+    """acc + (float(p) - sub) * scale, fused."""
+    def codegen(context, builder, sig, args):
+        sub = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32), _VF)
+        scale = _splat(builder, context.cast(builder, args[3], sig.args[3], types.float32), _VF)
+        return _call(builder, "llvm.fma.v8f32", _VF,
+                     [builder.fsub(builder.sitofp(args[1], _VF), sub), scale, args[0]])
+    return f32x8(acc, p, sub, scale), codegen
+
+
+@intrinsic
 def fadd(typingctx, a, b):
     return f32x8(a, b), lambda context, builder, sig, args: builder.fadd(*args)
 
