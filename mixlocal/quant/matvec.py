@@ -77,6 +77,20 @@ _LOW6, _LOW4, _LOW2 = 0x3F3F3F3F, 0x0F0F0F0F, 0x03030303  # per-byte masks
 
 
 @_inline
+def _chunk(path, isum, q, xq, b, j, sc, s0, s1):
+    """isum + chunk j's 32 weights q times their activations, the first 16 scaled by
+    sc[s0], the last 16 by sc[s1]."""
+    return dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)), pick2(sc, s0, s1))
+
+
+@_inline
+def _k_total(path, acc, isum, d, xs, b, per16, d16):
+    """acc + d isum + d16 (per16 . the activation sums): scaled chunks, then offsets or
+    minimums (per16: one int16 factor per 16 activations)."""
+    return fma(fma(acc, isum, d), dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), per16), d16)
+
+
+@_inline
 def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs):
     """Q4_K / Q5_K from byte offsets of the fifth bits qh (-1: none) and nibbles qs:
     f16 d, f16 dmin, 12 B of 6-bit scales and mins; w = d sc q - dmin m per 32."""
@@ -90,12 +104,11 @@ def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs):
         if qh >= 0:
             bits = load_u8x32(w, o + qh)
             lo, hi = or_shl(lo, shr_and(bits, j, 1), 4), or_shl(hi, shr_and(bits, j + 1, 1), 4)
-        a = 256 * b + 32 * j
-        isum = dpwssd(path, isum, maddubs(lo, load_u8x32(xq, a)), pick2(sc, j, j))
-        isum = dpwssd(path, isum, maddubs(hi, load_u8x32(xq, a + 32)), pick2(sc, j + 1, j + 1))
-    mins = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), spread_pairs(mn))
+        isum = _chunk(path, isum, lo, xq, b, j, sc, j, j)
+        isum = _chunk(path, isum, hi, xq, b, j + 1, sc, j + 1, j + 1)
     da = at(xd, b)
-    return fma(fma(acc, isum, f16_at(w, o) * da), mins, -f16_at(w, o + 2) * da)
+    return _k_total(path, acc, isum, f16_at(w, o) * da, xs, b, spread_pairs(mn),
+                    -f16_at(w, o + 2) * da)
 
 
 @_inline
@@ -118,11 +131,9 @@ def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
         h, c = j // 4, j % 4
         lo = shr_and(load_u8x32(w, o + 64 * h + 32 * (c % 2)), 4 * (c // 2), 15)
         q = or_shl(lo, shr_and(load_u8x32(w, o + 128 + 32 * h), 2 * c, 3), 4)
-        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
-                      pick2(sc, 2 * j, 2 * j + 1))
-    offset = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), sc)
+        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
     d = f16_at(w, o + 208) * at(xd, b)
-    return fma(fma(acc, isum, d), offset, -32 * d), corr
+    return _k_total(path, acc, isum, d, xs, b, sc, -32 * d), corr
 
 
 @_inline
@@ -138,11 +149,9 @@ def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
     for j in range(8):
         low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
         q = or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
-        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
-                      pick2(sc, 2 * j, 2 * j + 1))
-    offset = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), sc)
+        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
     d = f16_at(w, o + 108) * at(xd, b)
-    return fma(fma(acc, isum, d), offset, -4 * d), corr
+    return _k_total(path, acc, isum, d, xs, b, sc, -4 * d), corr
 
 
 @_inline
@@ -155,11 +164,10 @@ def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
     isum = zeros_i32()
     for j in range(8):
         q = shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
-        isum = dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)),
-                      pick2(sc, 2 * j, 2 * j + 1))
-    mins = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), mn)
+        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
     da = at(xd, b)
-    return fma(fma(acc, isum, f16_at(w, o + 80) * da), mins, -f16_at(w, o + 82) * da), corr
+    return _k_total(path, acc, isum, f16_at(w, o + 80) * da, xs, b, mn,
+                    -f16_at(w, o + 82) * da), corr
 
 
 # --- dispatch --------------------------------------------------------------------------

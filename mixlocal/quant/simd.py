@@ -178,40 +178,50 @@ def _dpbusd(builder, path, acc, u, s):
         return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V32,
                      [acc, builder.bitcast(u, _V32), builder.bitcast(s, _V32)])
     if path == "avx2":  # pairs saturate at int16: callers keep u * |s| * 2 < 32768
-        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(_I16, 16), [u, s])
-        ones = ir.Constant(ir.VectorType(_I16, 16), [1] * 16)
-        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [pairs, ones]))
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, [u, s])
+        return _dpwssd(builder, path, acc, pairs, ir.Constant(_V16, [1] * 16))
     raise ValueError(f"no SIMD dot product for path {path!r}")
 
 
-@intrinsic
-def dpbusd(typingctx, path, acc, u, s):
-    """acc + 4-way dot products of unsigned bytes u and signed bytes s, per int32 lane."""
-    if not isinstance(path, types.StringLiteral):
-        return None  # Numba retries with the literal
-    name = path.literal_value
-
-    def codegen(context, builder, sig, args):
-        return _dpbusd(builder, name, args[1], args[2], args[3])
-    return i32x8(path, acc, u, s), codegen
+def _dpwssd(builder, path, acc, a, b):
+    """acc[i] + a[2i] b[2i] + a[2i+1] b[2i+1] (int16 a, b)."""
+    if path == "vnni":
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.256", _V32,
+                     [acc, builder.bitcast(a, _V32), builder.bitcast(b, _V32)])
+    if path == "avx2":
+        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [a, b]))
+    raise ValueError(f"no SIMD multiply-add for path {path!r}")
 
 
-@intrinsic
-def dot_i8(typingctx, path, acc, w, s):
-    """dpbusd for two signed operands: |w| times s with w's sign (|s| <= 127)."""
-    if not isinstance(path, types.StringLiteral):
-        return None
-    name = path.literal_value
+def _dot_i8(builder, path, acc, w, s):
+    """_dpbusd for two signed operands: |w| times s with w's sign (|s| <= 127)."""
+    zero = ir.Constant(_V8, [0] * 32)
+    neg = builder.icmp_signed("<", w, zero)
+    absw = builder.select(neg, builder.sub(zero, w), w)
+    signed = builder.select(neg, builder.sub(zero, s),
+                            builder.select(builder.icmp_signed("==", w, zero), zero, s))
+    return _dpbusd(builder, path, acc, absw, signed)
 
-    def codegen(context, builder, sig, args):
-        w, s = args[2], args[3]
-        zero = ir.Constant(_V8, [0] * 32)
-        neg = builder.icmp_signed("<", w, zero)
-        absw = builder.select(neg, builder.sub(zero, w), w)
-        signed = builder.select(neg, builder.sub(zero, s),
-                                builder.select(builder.icmp_signed("==", w, zero), zero, s))
-        return _dpbusd(builder, name, args[1], absw, signed)
-    return i32x8(path, acc, w, s), codegen
+
+def _path_op(emit):
+    """The intrinsic (path, acc, a, b) -> i32x8 whose IR, emit(builder, path, acc, a, b),
+    depends on the path: a string literal, so each path compiles its own code."""
+    def typer(typingctx, path, acc, a, b):
+        if not isinstance(path, types.StringLiteral):
+            return None  # Numba retries with the literal
+        name = path.literal_value
+
+        def codegen(context, builder, sig, args):
+            return emit(builder, name, *args[1:])
+        return i32x8(path, acc, a, b), codegen
+    typer.__name__ = typer.__qualname__ = emit.__name__.lstrip("_")
+    typer.__doc__ = emit.__doc__
+    return intrinsic(typer)
+
+
+dpbusd = _path_op(_dpbusd)
+dpwssd = _path_op(_dpwssd)
+dot_i8 = _path_op(_dot_i8)
 
 
 @intrinsic
@@ -220,22 +230,6 @@ def maddubs(typingctx, u, s):
     def codegen(context, builder, sig, args):
         return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, list(args))
     return i16x16(u, s), codegen
-
-
-@intrinsic
-def dpwssd(typingctx, path, acc, a, b):
-    """acc + a[2i] b[2i] + a[2i+1] b[2i+1] per int32 lane (int16 a, b)."""
-    if not isinstance(path, types.StringLiteral):
-        return None
-    name = path.literal_value
-
-    def codegen(context, builder, sig, args):
-        acc, a, b = args[1:]
-        if name == "vnni":
-            return _call(builder, "llvm.x86.avx512.vpdpwssd.256", _V32,
-                         [acc, builder.bitcast(a, _V32), builder.bitcast(b, _V32)])
-        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [a, b]))
-    return i32x8(path, acc, a, b), codegen
 
 
 @intrinsic
