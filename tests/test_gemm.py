@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 from test_matvec import QTYPES, SIMD_PATHS, _check, _cols, _weights
 
+import mixlocal.quant as quant
+from mixlocal.quant import QT, QTensor
 from mixlocal.quant.gemm import matmul_q8
 from mixlocal.quant.matvec import matvec_blocks
 
-pytestmark = pytest.mark.skipif(not SIMD_PATHS,
+needs_simd = pytest.mark.skipif(not SIMD_PATHS,
                                 reason="this CPU has neither AVX2 nor AVX512-VNNI")
 
 
+@needs_simd
 @pytest.mark.parametrize("path", SIMD_PATHS)
 @pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
 def test_gemm_against_matvec_and_float64(qtype, path):
@@ -35,3 +38,19 @@ def test_gemm_against_matvec_and_float64(qtype, path):
             y_vec = matvec_blocks(path, qtype, blocks, x[t])
             np.testing.assert_allclose(y[t], y_vec, rtol=1e-5,
                                        atol=1e-5 * np.abs(y_vec).max())
+
+
+@pytest.mark.parametrize("path", SIMD_PATHS + ["plain"])
+def test_quant_matmul_dispatch(path, monkeypatch):
+    """Quantized weights take the 8-bit kernel on SIMD paths; float weights and the
+    plain path take dequantized tiles and BLAS (float accuracy)."""
+    monkeypatch.setattr(quant, "kernel_path", lambda: path)
+    x = np.random.default_rng(8).standard_normal((6, 512)).astype(np.float32)
+    for qtype in (QT.Q4_0, QT.Q6_K, QT.F32):
+        blocks, W = _weights(qtype, 40, 512, 3)
+        y = quant.matmul(QTensor(qtype, (40, 512), blocks), x)
+        if path == "plain" or qtype == QT.F32:
+            y_ref = x.astype(np.float64) @ W.T
+            assert np.linalg.norm(y - y_ref) < 1e-5 * np.linalg.norm(y_ref)
+        else:
+            np.testing.assert_array_equal(y, matmul_q8(path, qtype, blocks, x))

@@ -223,11 +223,15 @@ def test_smollm2_matches_reference(smollm2_path):
     tokenizer = Tokenizer.from_gguf(model.file)
     ids = tokenizer.encode("The capital of France is", add_bos=False)
     want = Reference(smollm2_path).logits(ids)
-    assert _rel_err(model.forward(ids, model.new_cache(), logits_all=True), want) < FLOAT_TOL
 
-    # 8-bit activations compound over 30 layers (each product is off by ~2% of its
-    # spread, as llama.cpp's are): the one-token path must still rank the same first.
+    # Quantized weights take 8-bit activations on both the prompt path and the
+    # one-token path (as llama.cpp's do); the error compounds over 30 layers, each
+    # product off by ~2% of its spread. Both must stay near the float reference and
+    # rank the same first.
+    batched = model.forward(ids, model.new_cache(), logits_all=True)
     cache = model.new_cache()
     decoded = np.stack([model.forward([t], cache) for t in ids])
-    np.testing.assert_array_equal(decoded.argmax(axis=1), want.argmax(axis=1))
+    for got in (batched, decoded):
+        assert _rel_err(got, want) < 0.25
+        np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
     assert tokenizer.decode([int(want[-1].argmax())]) == " Paris"

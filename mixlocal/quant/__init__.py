@@ -14,6 +14,7 @@ from gguf.constants import GGMLQuantizationType as QT
 from .dequant import dequant_rows, gather_rows
 from .formats import SUPPORTED, block_size, row_bytes, type_size
 from .cpu import kernel_path
+from .gemm import matmul_q8
 from .matmul import matmul_tiled
 from .matvec import BY_QTYPE, matvec_blocks
 from .matvec import matvec_multi as _matvec_multi
@@ -111,8 +112,15 @@ def matvec_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
 
 
 def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
-    """Y = X W^T for float32 X of shape (n, cols); returns (n, rows)."""
+    """Y = X W^T for float32 X of shape (n, cols); returns (n, rows).
+
+    As matvec: quantized weights on a SIMD CPU take 8-bit activations and integer
+    dot products (gemm.py, faster than BLAS here at every token count measured);
+    float weights and other CPUs: dequantized tiles and BLAS.
+    """
     x = _vectors(x, w.shape[1], 2)
     if x.shape[0] == 1:
         return matvec(w, x[0])[None]
+    if _simd(w):
+        return matmul_q8(kernel_path(), w.qtype, _blocks(w), x)
     return matmul_tiled(_kind(w), _blocks(w), x)
