@@ -242,22 +242,29 @@ def scale_min_k4(src, o, i):
 
 @njit(cache=True, inline="always")
 def _row_q45_k(src, dst, nbytes, has_high):
-    # f16 d, f16 dmin, scales[12], [qh[32] fifth bits,] qs[128]: w = d*sc*q - dmin*m
+    # f16 d, f16 dmin, scales[12], [qh[32] fifth bits,] qs[128]: w = d*sc*q - dmin*m.
+    # Byte l of nibble run c holds weight l of sub-blocks 2c (low) and 2c+1 (high);
+    # their fifth bits are bits 2c and 2c+1 of qh[l].
     o_qs = 48 if has_high else 16
     for blk in range(dst.size // 256):
         o = blk * nbytes
         d = _f16(src, o)
         dmin = _f16(src, o + 2)
-        for sub in range(8):
-            sc, m = scale_min_k4(src, o + 4, sub)
-            dl = d * _to_f32(sc)
-            ml = dmin * _to_f32(m)
-            shift = 4 * (sub & 1)
+        for c in range(4):
+            sc, m = scale_min_k4(src, o + 4, 2 * c)
+            dl_a, ml_a = d * _to_f32(sc), dmin * _to_f32(m)
+            sc, m = scale_min_k4(src, o + 4, 2 * c + 1)
+            dl_b, ml_b = d * _to_f32(sc), dmin * _to_f32(m)
+            out = blk * 256 + c * 64
             for l in range(_hidden(32)):
-                q = (np.int32(src[o + o_qs + (sub >> 1) * 32 + l]) >> shift) & 15
+                b = np.int32(src[o + o_qs + 32 * c + l])
+                q_a, q_b = b & 15, b >> 4
                 if has_high:
-                    q |= ((np.int32(src[o + 16 + l]) >> sub) & 1) << 4
-                dst[blk * 256 + sub * 32 + l] = dl * _to_f32(q) - ml
+                    h = np.int32(src[o + 16 + l]) >> (2 * c)
+                    q_a |= (h & 1) << 4
+                    q_b |= (h & 2) << 3
+                dst[out + l] = dl_a * _to_f32(q_a) - ml_a
+                dst[out + 32 + l] = dl_b * _to_f32(q_b) - ml_b
 
 
 @njit(cache=True)
