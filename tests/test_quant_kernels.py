@@ -3,8 +3,9 @@
 Tolerances: dequantize and get_rows must equal gguf-py bit for bit (every kernel
 repeats its float32 operations in the same order). matvec and matmul accumulate in
 float32, so the whole output vector must be within 1e-5 relative (L2 norm) of a
-float64 product of the same dequantized weights. (quant.matvec on quantized weights
-takes the SIMD 8-bit path when the CPU has one: its accuracy is test_matvec.py's.)
+float64 product of the same dequantized weights. (quant.matvec and quant.matmul on
+quantized weights take 8-bit SIMD paths when the CPU has them: those are tested in
+test_matvec.py and test_gemm.py; here the portable float paths are.)
 """
 
 import importlib

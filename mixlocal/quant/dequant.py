@@ -229,7 +229,7 @@ def dequant_row_q3_k(src, dst):
 
 
 @njit(cache=True, inline="always")
-def scale_min_k4(src, o, i):
+def _scale_min_k4(src, o, i):
     """Q4_K/Q5_K: 6-bit scale and min of sub-block i (of 8) from the 12 bytes at o."""
     if i < 4:
         sc = np.int32(src[o + i]) & 63
@@ -251,9 +251,9 @@ def _row_q45_k(src, dst, nbytes, has_high):
         d = _f16(src, o)
         dmin = _f16(src, o + 2)
         for c in range(4):
-            sc, m = scale_min_k4(src, o + 4, 2 * c)
+            sc, m = _scale_min_k4(src, o + 4, 2 * c)
             dl_a, ml_a = d * _to_f32(sc), dmin * _to_f32(m)
-            sc, m = scale_min_k4(src, o + 4, 2 * c + 1)
+            sc, m = _scale_min_k4(src, o + 4, 2 * c + 1)
             dl_b, ml_b = d * _to_f32(sc), dmin * _to_f32(m)
             out = blk * 256 + c * 64
             for l in range(_hidden(32)):
@@ -280,7 +280,7 @@ def dequant_row_q5_k(src, dst):
 @njit(cache=True)
 def dequant_row_q6_k(src, dst):
     # ql[128] low 4 bits, qh[64] high 2 bits, scales[16] int8, f16 d: w = d*sc*(q - 32).
-    # Bit pair s of qh byte l goes with the low (s even) or high nibble of ql byte
+    # Bit pair s of qh byte l goes with nibble s >> 1 (low, then high) of ql byte
     # l + 32 * (s & 1): ql has 64 bytes per half, qh 32.
     for blk in range(dst.size // 256):
         o = blk * 210
