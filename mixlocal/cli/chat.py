@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from ..kv_cache import ContextOverflowError
 from .app import app
 from .common import (GenOptions, UsageError, err_console, open_session, stream_answer,
                      turn_stats, with_gen_options)
@@ -136,7 +137,7 @@ def chat(*, opts: GenOptions) -> None:
         except KeyboardInterrupt:
             print(flush=True)
             console.print("(stopped)")
-        except ValueError as e:  # e.g. the conversation no longer fits the context
-            console.print(f"error: {e}", markup=False)
+        except ContextOverflowError as e:
+            console.print(f"error: {e}; /clear starts over (or raise -c)", markup=False)
         if opts.verbose:
             console.print(turn_stats(session), markup=False)
