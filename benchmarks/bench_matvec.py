@@ -1,11 +1,13 @@
 """Matrix-vector speed in GB/s of weight bytes read, next to the memory's read speed.
 
-    python benchmarks/bench_matvec.py [--types Q4_0,Q4_K,Q6_K,Q8_0] [--runs 9]
+    python benchmarks/bench_matvec.py [--types Q4_0,Q4_K,Q6_K,Q8_0] [--runs 9] [--best]
 
 Mixtral's shapes, 4096x14336 (gate, up) and 14336x4096 (down), several matrices in
 rotation so every product reads from DRAM, not cache. Columns: each SIMD path this
 CPU has, the portable float kernel, and a Numba prange sum of the same bytes (the
-read bandwidth: the limit a memory-bound product can reach). Medians of --runs.
+read bandwidth: the limit a memory-bound product can reach). Medians of --runs, or
+with --best the fastest run: on cores shared with other work, a 2-thread run whose
+second thread waits for a core is slow by a whole scheduler slice.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _matrices(qtype, rows, cols):
     return out
 
 
-def _gbps(fn, mats, runs):
+def _gbps(fn, mats, runs, stat):
     for m in mats:  # compile or load from cache; first touch of every page
         fn(m)
     times = []
@@ -59,19 +61,22 @@ def _gbps(fn, mats, runs):
         t = time.perf_counter()
         fn(mats[i % len(mats)])
         times.append(time.perf_counter() - t)
-    return mats[0].nbytes / np.median(times) / 1e9
+    return mats[0].nbytes / stat(times) / 1e9
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--types", default="Q4_0,Q4_K,Q6_K,Q8_0")
     parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--best", action="store_true", help="fastest run, not the median")
     args = parser.parse_args()
+    stat = np.min if args.best else np.median
     paths = [p for p in cpu.available_paths() if p != "plain"]
     x_of = {cols: np.random.default_rng(1).standard_normal(cols).astype(np.float32)
             for _, cols in SHAPES}
     header = ["type", "shape", "threads"] + paths + ["plain", "read", "best/read"]
-    print(f"load average {os.getloadavg()[0]:.1f}; GB/s of weight bytes, median of {args.runs}")
+    print(f"load average {os.getloadavg()[0]:.1f}; GB/s of weight bytes, "
+          f"{'fastest' if args.best else 'median'} of {args.runs} runs")
     print(" | ".join(f"{h:>10}" for h in header))
     for name in args.types.split(","):
         qtype = QT[name]
@@ -83,10 +88,11 @@ def main():
             kind = int(qtype)
             for threads in (1, 2):
                 set_threads(threads)
-                speeds = [_gbps(lambda m, p=p: matvec_blocks(p, qtype, m, x, y), mats, args.runs)
-                          for p in paths]
-                plain = _gbps(lambda m: matvec_rows(kind, m, x, y), mats, max(1, args.runs // 3))
-                read = _gbps(read_all, words, args.runs)
+                speeds = [_gbps(lambda m, p=p: matvec_blocks(p, qtype, m, x, y), mats,
+                                args.runs, stat) for p in paths]
+                plain = _gbps(lambda m: matvec_rows(kind, m, x, y), mats,
+                              max(1, args.runs // 3), stat)
+                read = _gbps(read_all, words, args.runs, stat)
                 cells = [name, f"{rows}x{cols}", str(threads)] + [f"{s:.1f}" for s in speeds]
                 cells += [f"{plain:.1f}", f"{read:.1f}", f"{max(speeds) / read:.0%}"]
                 print(" | ".join(f"{c:>10}" for c in cells), flush=True)
