@@ -71,7 +71,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Session:
     """Chat turns (`send`) or plain completions (`complete`) on one model and cache."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, chat_format: ChatFormat | None,
+    def __init__(self, model: Model, tokenizer: Tokenizer, chat_format: ChatFormat,
                  settings: SamplerSettings, *, n_ctx: int | None = None,
                  system: str | None = None, max_tokens: int | None = None,
                  stop: Sequence[str] = (), n_expert_used: int | None = None,
@@ -106,8 +106,6 @@ class Session:
         Encoding and the context check happen now; the answer is computed as it is
         read, and joins the conversation when the iteration ends, however it ends.
         """
-        if self.chat_format is None:
-            raise ValueError("this model has no chat format")
         ids = self.chat_format.encode(self.conversation(user_text))
         return self._turn(user_text, self._prepare(ids))
 
@@ -138,20 +136,19 @@ class Session:
 
     def _stream(self, ids: list[int]) -> Iterator[str]:
         stats, reuse = self.last, self.cache.length
-        generated: list[int] = []
         decoder = self.tokenizer.decoder()
         stops = StopMatcher(self.stop)
         tokens = generate(self.model, ids[reuse:], self.cache, self.settings,
-                          max_tokens=self.max_tokens or self.n_ctx, stop_ids=self.tokenizer.stop_ids,
+                          max_tokens=self.max_tokens or self.n_ctx,
+                          stop_ids=self.tokenizer.stop_ids,
                           n_expert_used=self.n_expert_used, observer=self.observer)
         start = time.perf_counter()
         try:
             for token in tokens:
-                now = time.perf_counter()
-                if not generated:
+                if not stats.generated:  # the prompt is done: the clock restarts
+                    now = time.perf_counter()
                     stats.prompt_seconds, start = now - start, now
-                generated.append(token)
-                stats.generated = len(generated)
+                stats.generated += 1
                 text = stops.feed(decoder.feed(token))
                 if text:
                     yield text
@@ -165,7 +162,7 @@ class Session:
         finally:
             tokens.close()
             elapsed = time.perf_counter() - start
-            if generated:
+            if stats.generated:
                 stats.generate_seconds = elapsed
             else:
                 stats.prompt_seconds = elapsed
