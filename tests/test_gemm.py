@@ -26,7 +26,7 @@ needs_simd = pytest.mark.skipif(not SIMD_PATHS,
 @pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
 def test_gemm_against_matvec_and_float64(qtype, path):
     rng = np.random.default_rng(7)
-    # odd row counts pair the last row with itself; 2, 5 and 9 tokens are padded to 4s
+    # rows beyond a multiple of 4 share a tile with a repeated row; tokens are padded to 4s
     for rows, n in ((1, 2), (7, 5), (66, 9), (33, 4)):
         cols = _cols(qtype)[rows % 2]
         blocks, W = _weights(qtype, rows, cols, rows + n)

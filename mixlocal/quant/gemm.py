@@ -1,8 +1,8 @@
 """Prompt processing on 8-bit activations: Y = X W^T straight from the quantized blocks.
 
 Each token's row of X is quantized once, as matvec does for one vector (q8.py). The
-kernel then walks a tile of 2 weight rows by 4 tokens block by block, calling matvec's
-block functions eight times per step: inlined, they share each weight block's loads
+kernel then walks a tile of 4 weight rows by 4 tokens block by block, calling matvec's
+block functions 16 times per step: inlined, they share each weight block's loads
 across the tokens and each activation block's across the rows, so the weights are read
 from memory once per product and the work is compute-bound. For a MoE expert's share
 of a prompt (tens of tokens) this beats dequantizing to float for BLAS by 2-3x.
@@ -18,6 +18,7 @@ from numba import njit, prange
 from .matvec import FORMATS, _block
 from .simd import hsum, zeros_f32
 
+ROWS = 4    # weight rows per tile
 TOKENS = 4  # tokens per tile; X is padded with zero rows to a multiple of it
 
 _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
@@ -37,23 +38,31 @@ def _gemm_kernel(fmt: str, path: str):
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
         """y[t, r] = row r of w . token t of (xq, xd, xs), for t < len(xd) (a multiple
-        of 4); pairs of rows split across threads (an odd last row pairs with itself)."""
+        of 4); tiles of 4 rows split across threads (the last tile repeats its last
+        row where the rows run out)."""
         n, nb = xd.shape
         rows, step = w.shape[0], w.shape[1] // nb  # step: bytes per block
         zero = np.float32(0.0)
-        for pair in prange((rows + 1) // 2):
-            r0, r1 = 2 * pair, min(2 * pair + 1, rows - 1)
+        for tile in prange((rows + ROWS - 1) // ROWS):
+            r0 = ROWS * tile
+            r1, r2, r3 = min(r0 + 1, rows - 1), min(r0 + 2, rows - 1), min(r0 + 3, rows - 1)
             for t in range(0, n, TOKENS):
-                acc0 = acc1 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
-                corr0 = corr1 = (zero, zero, zero, zero)
+                acc0 = acc1 = acc2 = acc3 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
+                corr0 = corr1 = corr2 = corr3 = (zero, zero, zero, zero)
                 for b in range(nb):
                     acc0, corr0 = _four(fmt, path, acc0, corr0, w, (r0 * nb + b) * step,
-                                         xq, xd, xs, t, b)
+                                        xq, xd, xs, t, b)
                     acc1, corr1 = _four(fmt, path, acc1, corr1, w, (r1 * nb + b) * step,
-                                         xq, xd, xs, t, b)
+                                        xq, xd, xs, t, b)
+                    acc2, corr2 = _four(fmt, path, acc2, corr2, w, (r2 * nb + b) * step,
+                                        xq, xd, xs, t, b)
+                    acc3, corr3 = _four(fmt, path, acc3, corr3, w, (r3 * nb + b) * step,
+                                        xq, xd, xs, t, b)
                 for k in range(TOKENS):
                     y[t + k, r0] = hsum(acc0[k]) + corr0[k]
                     y[t + k, r1] = hsum(acc1[k]) + corr1[k]
+                    y[t + k, r2] = hsum(acc2[k]) + corr2[k]
+                    y[t + k, r3] = hsum(acc3[k]) + corr3[k]
     return kernel
 
 
