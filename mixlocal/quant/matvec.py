@@ -24,7 +24,7 @@ from numba.extending import overload
 
 from .q8 import Q8, quantize_q8_0, quantize_q8_k
 from .simd import (at, bit_bytes, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at, fadd, fma,
-                   fma_less, hsum, load_i16x16, load_nibbles, load_u8x32, maddubs, or_shl,
+                   fma_less, f16_times, hsum, load_i16x16, load_nibbles, load_u8x32, maddubs, or_shl,
                    pick2, shr_and, spread_pairs, u32_at, zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
@@ -37,21 +37,21 @@ _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 @_inline
 def _q4_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 16 B nibbles; w = d (q - 8)
     p = dpbusd(path, zeros_i32(), load_nibbles(w, o + 2), load_u8x32(xq, 32 * b))
-    return fma_less(acc, p, at(xs, b), f16_at(w, o) * at(xd, b)), corr
+    return fma_less(acc, p, at(xs, b), f16_times(w, o, at(xd, b))), corr
 
 
 @_inline
 def _q4_1(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, f16 m, nibbles; w = d q + m
     p = dpbusd(path, zeros_i32(), load_nibbles(w, o + 4), load_u8x32(xq, 32 * b))
     da = at(xd, b)
-    return fma(acc, p, f16_at(w, o) * da), corr + f16_at(w, o + 2) * da * at(xs, b)
+    return fma(acc, p, f16_times(w, o, da)), corr + f16_at(w, o + 2) * da * at(xs, b)
 
 
 @_inline
 def _q5_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, u32 fifth bits, nibbles
     q = or_shl(load_nibbles(w, o + 6), bit_bytes(w, o + 2, 1), 4)
     p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 32 * b))
-    return fma_less(acc, p, 2 * at(xs, b), f16_at(w, o) * at(xd, b)), corr
+    return fma_less(acc, p, 2 * at(xs, b), f16_times(w, o, at(xd, b))), corr
 
 
 @_inline
@@ -59,13 +59,13 @@ def _q5_1(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, f16 m, u32 fifth bits
     q = or_shl(load_nibbles(w, o + 8), bit_bytes(w, o + 4, 1), 4)
     p = dpbusd(path, zeros_i32(), q, load_u8x32(xq, 32 * b))
     da = at(xd, b)
-    return fma(acc, p, f16_at(w, o) * da), corr + f16_at(w, o + 2) * da * at(xs, b)
+    return fma(acc, p, f16_times(w, o, da)), corr + f16_at(w, o + 2) * da * at(xs, b)
 
 
 @_inline
 def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
     p = dot_i8(path, zeros_i32(), load_u8x32(w, o + 2), load_u8x32(xq, 32 * b))
-    return fma(acc, p, f16_at(w, o) * at(xd, b)), corr
+    return fma(acc, p, f16_times(w, o, at(xd, b))), corr
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
