@@ -27,7 +27,7 @@ def expected_sizes(path, k: int):
     names = {t.name for t in r.tensors}
     for t in r.tensors:
         n, share = float(t.n_elements), 1.0
-        if n_expert and "_exps" in t.name:
+        if n_expert and re.search(r"ffn_(gate|up|down)(_exps|\.\d+)\.", t.name):
             share = k / n_expert
         elif t.name == "token_embd.weight" and "output.weight" in names:
             share = 1 / int(t.shape[1])  # gguf-py's shape is (n_embd, n_vocab)
@@ -35,9 +35,9 @@ def expected_sizes(path, k: int):
     return params, active, read, Counter(t.tensor_type.name for t in r.tensors)
 
 
-@pytest.mark.parametrize("experts", [None, 3])
-def test_moe_info(tiny_model, home, experts):
-    path = tiny_model("kquant", "q4_k_m")
+@pytest.mark.parametrize("experts, layout", [(None, "merged"), (3, "per_expert")])
+def test_moe_info(tiny_model, home, experts, layout):
+    path = tiny_model("kquant", "q4_k_m", layout)
     args = ["info", str(path), "-c", "128"] + (["--experts", str(experts)] if experts else [])
     done = mixlocal(*args, home=home)
     assert done.returncode == 0, done.stderr
