@@ -10,6 +10,10 @@ Two references, both from gguf-py's dequantizer and float64 products:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from gguf.quants import dequantize as gguf_dequantize
@@ -156,3 +160,37 @@ def test_row_bytes_match_kernel_blocks():
     for name, (qtype, _, quantize) in FORMATS.items():
         cols = 256
         assert row_bytes(qtype, cols) % quantize(np.zeros(cols, np.float32)).d.size == 0, name
+
+
+_OTHER_CPU = """
+import numpy as np
+from gguf.quants import dequantize
+from mixlocal.quant import QT, QTensor, cpu, matvec
+from mixlocal.quant.randblocks import random_blocks
+print(",".join(cpu.available_paths()))
+rng = np.random.default_rng(0)
+for qtype in (QT.Q4_0, QT.Q8_0, QT.Q4_K, QT.Q6_K):
+    w = QTensor(qtype, (9, 512), random_blocks(qtype, (9, 512), rng))
+    x = rng.standard_normal(512).astype(np.float32)
+    ref = dequantize(w.data, qtype).reshape(9, 512).astype(np.float64) @ x
+    print(qtype.name, float(np.linalg.norm(matvec(w, x) - ref) / np.linalg.norm(ref)))
+"""
+
+
+@pytest.mark.parametrize("cpu_name,features,paths", [
+    ("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2", "avx2,plain"),
+    ("generic", "", "plain"),
+])
+def test_compiling_for_another_cpu(cpu_name, features, paths, tmp_path):
+    """Numba told to compile for an AVX2-only (or a generic) x86 CPU: only the paths
+    that CPU has are offered and compiled, and they are right. Running such code here
+    is fine; compiling VNNI code for it would abort the process."""
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES=features,
+               NUMBA_CACHE_DIR=str(tmp_path), MIXLOCAL_KERNELS="")
+    out = subprocess.run([sys.executable, "-c", _OTHER_CPU], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[0] == paths
+    for name, err in zip(lines[1::2], lines[2::2]):
+        assert float(err) < (2e-2 if paths != "plain" else EXACT), name

@@ -23,12 +23,16 @@ _NEEDS = {
 
 @cache
 def host_features() -> frozenset[str]:
-    """The CPU features LLVM sees on this host (empty if it cannot tell)."""
+    """The CPU features Numba compiles for: this host's, unless NUMBA_CPU_FEATURES (or
+    NUMBA_CPU_NAME=generic) names others, e.g. to build caches for other machines."""
     from llvmlite import binding
-    try:
-        flat = binding.get_host_cpu_features().flatten()
-    except RuntimeError:  # llvmlite cannot query this platform
-        return frozenset()
+    from numba.core import config
+    flat = config.CPU_FEATURES
+    if flat is None:
+        try:
+            flat = binding.get_host_cpu_features().flatten()
+        except RuntimeError:  # llvmlite cannot query this platform
+            flat = ""
     return frozenset(f[1:] for f in flat.split(",") if f.startswith("+"))
 
 
