@@ -165,13 +165,19 @@ class Model:
         positions = np.arange(start, start + n)
         end = start + n
         x = quant.get_rows(w.token_embd, tokens)
+        last = len(w.layers) - 1 if not logits_all and observer is None else -1
         for i, layer in enumerate(w.layers):
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
-            q = self._rope(_linear(layer.wq, h).reshape(n, c.n_head, c.head_dim), positions)
             cache.k[i, start:end] = self._rope(
                 _linear(layer.wk, h).reshape(n, c.n_head_kv, c.head_dim), positions)
             cache.v[i, start:end] = _linear(layer.wv, h).reshape(n, c.n_head_kv, c.head_dim)
-            a = attention(q, cache.k[i, :end], cache.v[i, :end], start)
+            if i == last:
+                # Only the last token's logits are wanted, and every token's keys and
+                # values are cached now: the rest runs on that token alone (llama.cpp
+                # does the same; on a prompt it saves most of the last layer).
+                x, h, positions = x[-1:], h[-1:], positions[-1:]
+            q = self._rope(_linear(layer.wq, h).reshape(len(h), c.n_head, c.head_dim), positions)
+            a = attention(q, cache.k[i, :end], cache.v[i, :end], positions[0])
             x = x + _linear(layer.wo, a)
 
             h = rms_norm(x, layer.ffn_norm, c.norm_eps)

@@ -112,6 +112,11 @@ def test_prompt_in_pieces_matches_one_pass(tiny_model):
     pieces = [model.forward(PROMPT[:5], cache, logits_all=True),
               model.forward(PROMPT[5:], cache, logits_all=True)]
     assert _rel_err(np.concatenate(pieces), whole) < FLOAT_TOL
+    # Run for its last logits only, the last layer skips the other tokens' outputs
+    # but still caches every token's keys and values.
+    cache = model.new_cache()
+    assert _rel_err(model.forward(PROMPT[:5], cache), whole[4]) < FLOAT_TOL
+    assert _rel_err(model.forward(PROMPT[5:], cache, logits_all=True), whole[5:]) < FLOAT_TOL
 
 
 def test_prompt_longer_than_a_batch(tiny_model, monkeypatch):
