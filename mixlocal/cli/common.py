@@ -198,29 +198,24 @@ def open_session(opts: GenOptions):
     """Resolve, load and wrap the model in a Session, with a spinner while it loads."""
     # Imported here so that `--help` and `info` start without loading Numba.
     from ..chat import ChatFormat
-    from ..model import Model, set_threads
     from ..session import Session
-    from ..tokenizer import Tokenizer
 
+    if opts.show_experts and opts.no_stream:
+        raise UsageError("--show-experts marks a streamed answer: drop --no-stream")
     try:
         settings = SamplerSettings(temperature=opts.temp, top_k=opts.top_k, top_p=opts.top_p,
                                    min_p=opts.min_p, repeat_penalty=opts.repeat_penalty,
                                    seed=opts.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    path = resolve_model(opts.model)
-    with status(f"Loading {path.name}"), Timer() as load:
-        set_threads(opts.threads)
-        model = Model.load(path)
-        tokenizer = Tokenizer.from_gguf(model.file)
+    with Timer() as load:
+        path, model, tokenizer = load_model(opts.model, opts.threads)
         chat_format = ChatFormat.from_gguf(model.file, tokenizer)
     c = model.config
     check_experts(opts.experts, c)
     observer = None
     if opts.show_experts:
         from .route import ExpertStream
-        if opts.no_stream:
-            raise UsageError("--show-experts marks a streamed answer: drop --no-stream")
         observer = ExpertStream(path.name, c, opts.layer)
     session = Session(model, tokenizer, chat_format, settings,
                       n_ctx=context_size(opts.ctx, c.n_ctx_train), system=opts.system,
