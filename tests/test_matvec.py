@@ -20,7 +20,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 import mixlocal.quant as quant
 from mixlocal.quant import QT, QTensor, cpu, row_bytes
-from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
+from mixlocal.quant.matvec import FORMATS, LONG_ROW, matvec_blocks, matvec_multi, quantize_for
 from mixlocal.quant.q8 import quantize_q8_0, quantize_q8_k
 from mixlocal.quant.randblocks import random_blocks
 
@@ -70,7 +70,20 @@ def test_kernel_against_dequantized_float64(qtype, path):
             _check(matvec_blocks(path, qtype, blocks, x), W, x, qtype)
     # a whole output vector: the error statement llama.cpp users know
     y_ref = W @ x.astype(np.float64)
-    assert np.linalg.norm(matvec_blocks(path, qtype, blocks, x) - y_ref) < 1e-2 * np.linalg.norm(y_ref)
+    y = matvec_blocks(path, qtype, blocks, x)
+    assert np.linalg.norm(y - y_ref) < 1e-2 * np.linalg.norm(y_ref)
+
+
+@pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
+@pytest.mark.parametrize("path", SIMD_PATHS)
+def test_long_rows(path):
+    """Rows longer than LONG_ROW columns take the loop that prefetches weights."""
+    cols = LONG_ROW + 1024
+    rng = np.random.default_rng(8)
+    for qtype in (QT.Q4_0, QT.Q8_0, QT.Q4_K, QT.Q6_K):
+        blocks, W = _weights(qtype, 5, cols, 5)
+        x = rng.standard_normal(cols).astype(np.float32)
+        _check(matvec_blocks(path, qtype, blocks, x), W, x, qtype)
 
 
 # Byte range of each block's weight bits (no scales): filled with 0xFF, every weight

@@ -52,7 +52,8 @@ def _consts(vtype, values):
 
 def _splat(builder, value, vtype):
     v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, _I32(0))
-    return builder.shuffle_vector(v, v, _consts(ir.VectorType(_I32, vtype.count), [0] * vtype.count))
+    zeros = _consts(ir.VectorType(_I32, vtype.count), [0] * vtype.count)
+    return builder.shuffle_vector(v, v, zeros)
 
 
 def _at(context, builder, arrty, arr, offset, ptype):
@@ -94,6 +95,17 @@ def f16_at(typingctx, arr, offset):
         ptr = _at(context, builder, sig.args[0], args[0], args[1], ir.HalfType())
         return builder.fpext(builder.load(ptr, align=1), _F32)
     return types.float32(arr, offset), codegen
+
+
+@intrinsic
+def prefetch_nta(typingctx, arr, offset):
+    """Ask for the cache line at byte `offset` ahead of use, non-temporally: it should
+    not push longer-lived data out of L1 (never faults, even past the array's end)."""
+    def codegen(context, builder, sig, args):
+        ptr = _at(context, builder, sig.args[0], args[0], args[1], _I8)
+        _call(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr, _I32(0), _I32(0), _I32(1)])
+        return context.get_dummy_value()
+    return types.none(arr, offset), codegen
 
 
 @intrinsic
