@@ -232,14 +232,16 @@ def stream_answer(session, pieces, *, stream: bool = True) -> str:
 
     A spinner on stderr covers the prompt's processing until the first piece.
     """
+    from ..jit_notice import on_first_compile
     from .route import ExpertStream
     marks = session.observer if isinstance(session.observer, ExpertStream) else None
     answer = []
     spinner = err_console().status(
         f"Processing the prompt ({session.last.prompt_processed} tokens)", spinner="dots")
     spinner.start()
+    compiling = "Compiling the kernels for this CPU (first run only, about a minute)"
     try:
-        with closing(pieces):
+        with closing(pieces), on_first_compile(lambda: spinner.update(compiling)):
             for piece in pieces:
                 spinner.stop()
                 answer.append(piece)
