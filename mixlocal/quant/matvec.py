@@ -10,7 +10,9 @@ One block function per format, `_q4_0` ... `_q6_k`, has the same shape:
 where o is the byte offset of weight block b, acc an f32x8 accumulator and corr a
 float32 accumulator for the terms that do not depend on the weights' low bits. One
 row loop (`_row_kernel`) serves every format and path; it is compiled per (format,
-path) from a closure over those two strings, which also keys Numba's cache.
+path) from a closure over those strings (and the block size), which also keys Numba's
+cache. Numba checks only this file's date for that cache: after editing simd.py or
+q8.py alone, clear mixlocal/quant/__pycache__.
 """
 
 from __future__ import annotations
