@@ -212,52 +212,47 @@ def bench_file(path: str, args, log) -> dict:
 
 
 def summarize(result: dict) -> dict:
-    """Medians per (engine, setting, threads, test), and the ratios to llama.cpp."""
+    """{(engine, setting, threads): {test: (median t/s, half spread), "rss": median}}."""
     groups: dict[tuple, list] = {}
     for run in result["runs"]:
-        key = (run["engine"], run["setting"], run["threads"])
-        groups.setdefault(key, []).append(run)
-    rows = []
-    for (engine, setting, threads), runs in groups.items():
+        groups.setdefault((run["engine"], run["setting"], run["threads"]), []).append(run)
+    out = {}
+    for key, runs in groups.items():
+        cell = {"rss": statistics.median(r["rss"] for r in runs)}
         for test in runs[0]["seconds"]:
             rates = [int(test[2:]) / r["seconds"][test] for r in runs]
-            rows.append({"engine": engine, "setting": setting, "threads": threads,
-                         "test": test, "tps": statistics.median(rates),
-                         "spread": (max(rates) - min(rates)) / 2, "n": len(rates)})
-        rows.append({"engine": engine, "setting": setting, "threads": threads,
-                     "test": "rss", "bytes": statistics.median(r["rss"] for r in runs)})
-    return {"rows": rows}
+            cell[test] = (statistics.median(rates), (max(rates) - min(rates)) / 2)
+        out[key] = cell
+    return out
 
 
-def _fmt_table(result: dict, summary: dict) -> str:
+def format_table(result: dict, summary: dict) -> str:
+    """One row per (threads, test): each engine's tokens/s, mixlocal's ratios to the
+    llama.cpp settings and, for generation, to the bandwidth limit; then peak RSS."""
     per_token = result["bytes_per_token"]
-    rows = [r for r in summary["rows"] if r["test"] != "rss"]
-    rss = {(r["engine"], r["setting"], r["threads"]): r["bytes"]
-           for r in summary["rows"] if r["test"] == "rss"}
-    best_llama = {}
-    for r in rows:
-        if r["engine"] == "llama.cpp":
-            key = (r["threads"], r["test"])
-            best_llama[key] = max(best_llama.get(key, 0), r["tps"])
+    engines = list(dict.fromkeys((e, s) for e, s, _ in summary))
+    llama = [k for k in engines if k[0] == "llama.cpp"]
+    head = ["threads", "test"] + [f"{e} {s}" for e, s in engines]
+    head += [f"mixlocal / llama.cpp {s}" for _, s in llama] + ["mixlocal of bw limit"]
     lines = [f"### {Path(result['file']).name}: {result['weight_bytes'] / 1e9:.2f} GB of "
              f"weights, {per_token / 1e9:.3f} GB read per generated token", "",
-             "| engine | setting | threads | test | t/s | vs best llama.cpp | "
-             "of bw limit | peak RSS MiB |",
-             "|---|---|--:|---|--:|--:|--:|--:|"]
-    for r in rows:
-        ratio = r["tps"] / best_llama[(r["threads"], r["test"])] \
-            if (r["threads"], r["test"]) in best_llama else None
-        bw_frac = ""
-        if r["test"].startswith("tg"):
-            limit = result["bandwidth_gbps"][r["threads"]] * 1e9 / per_token
-            bw_frac = f"{r['tps'] / limit:.0%}"
-        lines.append(f"| {r['engine']} | {r['setting']} | {r['threads']} | {r['test']} | "
-                     f"{r['tps']:.2f} ± {r['spread']:.2f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {bw_frac} | "
-                     f"{rss[(r['engine'], r['setting'], r['threads'])] / 2**20:.0f} |")
+             "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "--:|" * (len(head) - 2)]
+    for threads in sorted({t for _, _, t in summary}):
+        cells = {k: summary[(*k, threads)] for k in engines}
+        mine = cells[("mixlocal", "mmap")]
+        for test in [t for t in mine if t != "rss"]:
+            row = [str(threads), test]
+            row += [f"{cells[k][test][0]:.1f} ± {cells[k][test][1]:.1f}" for k in engines]
+            row += [f"{mine[test][0] / cells[k][test][0]:.2f}x" for k in llama]
+            limit = result["bandwidth_gbps"][threads] * 1e9 / per_token
+            row.append(f"{mine[test][0] / limit:.0%}" if test.startswith("tg") else "")
+            lines.append("| " + " | ".join(row) + " |")
+        row = [str(threads), "peak RSS MiB"] + [f"{cells[k]['rss'] / 2**20:.0f}" for k in engines]
+        row += [f"{mine['rss'] / cells[k]['rss']:.2f}x" for k in llama] + [""]
+        lines.append("| " + " | ".join(row) + " |")
     limits = ", ".join(f"{t} thread(s) {gb:.1f} GB/s = {gb * 1e9 / per_token:.1f} t/s"
                        for t, gb in result["bandwidth_gbps"].items())
-    lines += ["", f"Bandwidth limit for generation: {limits}."]
+    lines += ["", f"Generation's bandwidth limit: {limits}."]
     return "\n".join(lines)
 
 
@@ -308,9 +303,11 @@ def main() -> None:
     results = []
     for path in args.files:
         result = bench_file(path, args, log)
-        result["summary"] = summarize(result)
+        summary = summarize(result)
+        result["medians"] = [{"engine": e, "setting": s, "threads": t, **cell}
+                             for (e, s, t), cell in summary.items()]
         results.append(result)
-        print(_fmt_table(result, result["summary"]) + "\n", flush=True)
+        print(format_table(result, summary) + "\n", flush=True)
     log(f"load average {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
