@@ -15,7 +15,7 @@ from .common import (GenOptions, UsageError, err_console, open_session, stream_a
 def read_prompt(words: list[str] | None) -> str:
     """stdin's text (when it is not a terminal) first, then the words, as `llm` does."""
     parts = []
-    if not sys.stdin.isatty():
+    if sys.stdin is not None and not sys.stdin.isatty():  # None: no stdin at all
         data = sys.stdin.buffer.read()
         if b"\0" in data:
             raise UsageError("stdin is not text (it holds NUL bytes)")
