@@ -9,7 +9,6 @@ import pytest
 from reference import Reference
 
 import mixlocal.quant
-
 from mixlocal.model import Model
 from mixlocal.perplexity import perplexity, window_nll, windows
 from mixlocal.synthetic import PRESETS, write_model
