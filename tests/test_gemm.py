@@ -55,3 +55,17 @@ def test_quant_matmul_dispatch(path, monkeypatch):
             assert np.linalg.norm(y - y_ref) < 1e-5 * np.linalg.norm(y_ref)
         else:
             np.testing.assert_array_equal(y, matmul_q8(path, qtype, blocks, x))
+
+
+@needs_simd
+def test_token_chunks_do_not_change_results(monkeypatch):
+    """Long prompts run in chunks of tokens (here 8, 8 and a padded 4 of 19)."""
+    import mixlocal.quant.gemm as gemm
+    path = SIMD_PATHS[0]
+    x = np.random.default_rng(9).standard_normal((19, 512)).astype(np.float32)
+    for qtype in (QT.Q4_0, QT.Q4_K):
+        blocks, _ = _weights(qtype, 9, 512, 4)
+        whole = matmul_q8(path, qtype, blocks, x)
+        monkeypatch.setattr(gemm, "CHUNK_BYTES", 8 * 512)
+        np.testing.assert_array_equal(matmul_q8(path, qtype, blocks, x), whole)
+        monkeypatch.undo()
