@@ -115,7 +115,7 @@ class _LlamaCpp:
 
 def _read_bandwidth(path: str, threads: int) -> float:
     """GB/s of a parallel sum over the file's bytes, mapped as the engines map them
-    (page cache warm, pages touched once before timing). Best of 3."""
+    (page cache warm, pages touched once before timing). Median of 5."""
     import numpy as np
     from bench_matvec import read_all
     from numba import set_num_threads
@@ -125,11 +125,11 @@ def _read_bandwidth(path: str, threads: int) -> float:
     words = np.memmap(path, np.uint64, "r", shape=(rows, 4096))
     read_all(words)
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         read_all(words)
         times.append(time.perf_counter() - t0)
-    return words.nbytes / min(times) / 1e9
+    return words.nbytes / statistics.median(times) / 1e9
 
 
 def worker(spec: dict) -> dict:
