@@ -15,6 +15,7 @@ import ctypes
 import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -45,6 +46,27 @@ def set_threads(n: int) -> int:
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
+
+
+# Below this many weight bytes a product runs on one thread: the work is a few
+# microseconds, and a parallel region waits for its slowest thread, which on a busy
+# core can be a whole scheduler time slice (a 135M model decoded 5-50x slower).
+PARALLEL_MIN_BYTES = 1 << 20
+
+
+@contextmanager
+def threads_for(nbytes: int):
+    """Run the products inside on one thread when they read fewer than
+    PARALLEL_MIN_BYTES (numba's thread count is per calling thread)."""
+    if nbytes >= PARALLEL_MIN_BYTES:
+        yield
+        return
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n)
 
 
 def run_split(task, items) -> None:
