@@ -42,6 +42,13 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
+def fallback_template(pieces) -> tuple[str, str]:
+    """The format of the model's family, for a file without a template: (template, name)."""
+    if "<|im_start|>" in pieces:
+        return CHATML_TEMPLATE, "chatml"
+    return MISTRAL_TEMPLATE, "mistral"
+
+
 class ChatTemplateError(ValueError):
     """The chat template is invalid, rejects the conversation, or misbehaves."""
 
@@ -130,9 +137,8 @@ class ChatFormat:
         template = f.get("tokenizer.chat_template")
         if isinstance(template, str) and template.strip():
             return cls(template, tokenizer, "model file")
-        if "<|im_start|>" in tokenizer.special_pieces:
-            return cls(CHATML_TEMPLATE, tokenizer, "fallback (chatml)")
-        return cls(MISTRAL_TEMPLATE, tokenizer, "fallback (mistral)")
+        template, name = fallback_template(tokenizer.special_pieces)
+        return cls(template, tokenizer, f"fallback ({name})")
 
     # --- rendering ---------------------------------------------------------------------
 

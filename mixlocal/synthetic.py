@@ -18,6 +18,7 @@ import numpy as np
 from gguf import GGUFWriter
 from gguf.constants import GGMLQuantizationType as QT, TokenType
 
+from .chat import MISTRAL_TEMPLATE
 from .config import ModelConfig
 from .quant import block_size, row_bytes
 from .quant.randblocks import random_blocks
@@ -61,15 +62,6 @@ PRESETS: dict[str, ModelConfig] = {
                               n_expert=0, n_expert_used=0, name="synthetic tiny dense"),
 }
 
-MIXTRAL_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
-    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
-    "{% endif %}{% endfor %}"
-)
 
 _WORDS = """
 the of and to a in is it you that he was for on are with as I his they be at one have
@@ -219,7 +211,7 @@ def _matrix_chunks(t: _Tensor, rng: np.random.Generator) -> Iterator[np.ndarray]
 
 def write_model(path: str | os.PathLike, config: ModelConfig, quant: QuantMix = "f32",
                 layout: str = "merged", seed: int = 0, *,
-                chat_template: str | None = MIXTRAL_CHAT_TEMPLATE) -> Path:
+                chat_template: str | None = MISTRAL_TEMPLATE) -> Path:
     """Write a llama-architecture GGUF with random weights; returns the path.
 
     `quant` is a named mix (see MIXES), a {role: type} dict (key "default" for the

@@ -86,3 +86,11 @@ def test_info_errors(tmp_path, home, content, words):
     if content is not None:
         path.write_bytes(content)
     assert_one_line_error(mixlocal("info", str(path), home=home), 1, words)
+
+
+def test_a_file_without_template_names_the_fallback_format(tmp_path, home):
+    from mixlocal.synthetic import PRESETS, write_model
+    path = write_model(tmp_path / "plain.gguf", PRESETS["tiny-dense"], "f32", chat_template=None)
+    done = mixlocal("info", str(path), home=home)
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "chat template") == "no (the Mistral [INST] format is used)"

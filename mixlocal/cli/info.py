@@ -10,6 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from ..chat import fallback_template
 from ..config import ModelConfig
 from ..gguf_file import GGUFFile
 from .app import app
@@ -100,8 +101,8 @@ def info(
     about.add_row("context", f"{c.n_ctx_train} tokens trained; {n_ctx} for a run (-c)")
     about.add_row("tokenizer", f"{tok_model}{f' ({pre})' if pre else ''}, "
                                f"{len(tokens)} tokens")
-    about.add_row("chat template", "yes" if template else "no (the Mistral [INST] format "
-                                                          "is used)")
+    fallback = "ChatML" if fallback_template(tokens)[1] == "chatml" else "Mistral [INST]"
+    about.add_row("chat template", "yes" if template else f"no (the {fallback} format is used)")
     about.add_row("file size", human_bytes(f.file_size))
 
     types = Table(title="Tensor types", title_justify="left", box=None, padding=(0, 2))
