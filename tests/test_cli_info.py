@@ -10,6 +10,7 @@ from cli_util import assert_one_line_error, home, mixlocal  # noqa: F401
 from gguf import GGUFReader
 
 from mixlocal.cli.info import human_bytes
+from mixlocal.synthetic import PRESETS, write_model
 
 
 def row(out: str, label: str) -> str:
@@ -89,7 +90,6 @@ def test_info_errors(tmp_path, home, content, words):
 
 
 def test_a_file_without_template_names_the_fallback_format(tmp_path, home):
-    from mixlocal.synthetic import PRESETS, write_model
     path = write_model(tmp_path / "plain.gguf", PRESETS["tiny-dense"], "f32", chat_template=None)
     done = mixlocal("info", str(path), home=home)
     assert done.returncode == 0, done.stderr
