@@ -67,12 +67,12 @@ _BYTE_CHARS = _byte_chars()
 def _token_bytes(token: str, kind: int) -> bytes:
     if kind in (CONTROL, UNUSED):
         return b""
-    if kind != USER_DEFINED:
-        try:
-            return token.translate(_BYTE_CHARS).encode("latin-1")
-        except UnicodeEncodeError:
-            pass  # not byte-level: stored as plain text, as added tokens are
-    return token.encode("utf-8")
+    if kind == USER_DEFINED:
+        return token.encode("utf-8")
+    try:
+        return token.translate(_BYTE_CHARS).encode("latin-1")
+    except UnicodeEncodeError:  # not byte-level: stored as plain text, as added tokens are
+        return token.encode("utf-8")
 
 
 class ByteLevelBPEBackend:
