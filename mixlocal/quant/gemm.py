@@ -28,12 +28,14 @@ _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
 
 
 @njit(cache=True, forceinline=True)
-def _four(fmt, path, acc, corr, w, o, xq, xd, xs, t, b):
-    """Weight block b of the row at byte o against tokens t..t+3."""
-    a0, c0 = _block(fmt, path, acc[0], corr[0], w, o, xq[t], xd[t], xs[t], b)
-    a1, c1 = _block(fmt, path, acc[1], corr[1], w, o, xq[t + 1], xd[t + 1], xs[t + 1], b)
-    a2, c2 = _block(fmt, path, acc[2], corr[2], w, o, xq[t + 2], xd[t + 2], xs[t + 2], b)
-    a3, c3 = _block(fmt, path, acc[3], corr[3], w, o, xq[t + 3], xd[t + 3], xs[t + 3], b)
+def _four(fmt, path, acc, corr, w, o, xq, xd, xs, tb, nb):
+    """Weight block b of the row at byte o against tokens t..t+3, tb = t nb + b: the
+    block functions index the whole (tokens, ...) arrays by flat block number, so the
+    tokens share one base pointer (per-token views ran out of registers)."""
+    a0, c0 = _block(fmt, path, acc[0], corr[0], w, o, xq, xd, xs, tb)
+    a1, c1 = _block(fmt, path, acc[1], corr[1], w, o, xq, xd, xs, tb + nb)
+    a2, c2 = _block(fmt, path, acc[2], corr[2], w, o, xq, xd, xs, tb + 2 * nb)
+    a3, c3 = _block(fmt, path, acc[3], corr[3], w, o, xq, xd, xs, tb + 3 * nb)
     return (a0, a1, a2, a3), (c0, c1, c2, c3)
 
 
@@ -59,14 +61,15 @@ def _kernel_4x4(fmt: str, path: str):
                 acc0 = acc1 = acc2 = acc3 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
                 corr0 = corr1 = corr2 = corr3 = (zero, zero, zero, zero)
                 for b in range(nb):
+                    tb = t * nb + b
                     acc0, corr0 = _four(fmt, path, acc0, corr0, w, (r0 * nb + b) * step,
-                                        xq, xd, xs, t, b)
+                                        xq, xd, xs, tb, nb)
                     acc1, corr1 = _four(fmt, path, acc1, corr1, w, (r1 * nb + b) * step,
-                                        xq, xd, xs, t, b)
+                                        xq, xd, xs, tb, nb)
                     acc2, corr2 = _four(fmt, path, acc2, corr2, w, (r2 * nb + b) * step,
-                                        xq, xd, xs, t, b)
+                                        xq, xd, xs, tb, nb)
                     acc3, corr3 = _four(fmt, path, acc3, corr3, w, (r3 * nb + b) * step,
-                                        xq, xd, xs, t, b)
+                                        xq, xd, xs, tb, nb)
                 _store(y, r0, t, acc0, corr0)
                 _store(y, r1, t, acc1, corr1)
                 _store(y, r2, t, acc2, corr2)
@@ -88,9 +91,11 @@ def _kernel_1x8(fmt: str, path: str):
                 acc0 = acc1 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
                 corr0 = corr1 = (zero, zero, zero, zero)
                 for b in range(nb):
-                    acc0, corr0 = _four(fmt, path, acc0, corr0, w, o + b * step, xq, xd, xs, t, b)
+                    tb = t * nb + b
+                    acc0, corr0 = _four(fmt, path, acc0, corr0, w, o + b * step, xq, xd, xs,
+                                        tb, nb)
                     acc1, corr1 = _four(fmt, path, acc1, corr1, w, o + b * step, xq, xd, xs,
-                                        t + 4, b)
+                                        tb + 4 * nb, nb)
                 _store(y, r, t, acc0, corr0)
                 _store(y, r, t + 4, acc1, corr1)
             if n % 8:
@@ -98,7 +103,8 @@ def _kernel_1x8(fmt: str, path: str):
                 acc0 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
                 corr0 = (zero, zero, zero, zero)
                 for b in range(nb):
-                    acc0, corr0 = _four(fmt, path, acc0, corr0, w, o + b * step, xq, xd, xs, t, b)
+                    acc0, corr0 = _four(fmt, path, acc0, corr0, w, o + b * step, xq, xd, xs,
+                                        t * nb + b, nb)
                 _store(y, r, t, acc0, corr0)
     return kernel
 

@@ -27,8 +27,9 @@ from numba.extending import overload
 from .formats import type_size
 from .q8 import Q8, quantize_q8_0, quantize_q8_k
 from .simd import (at, bit_bytes, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at, f16_times, fadd,
-                   fma, fma_less, hsum, load_i16x16, load_nibbles, load_u8x32, maddubs, or_shl,
-                   pick2, prefetch_nta, shr_and, spread_pairs, u32_at, zeros_f32, zeros_i32)
+                   fma, fma_less, fmul, hsum, load_i16x16, load_nibbles, load_u8x32, mul_i16, or_shl,
+                   prefetch_nta, scaled_pairs, shr_and, spread_pairs, sum_i32x8, u32_at,
+                   zero_sum, zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
@@ -72,25 +73,37 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
-# Each 32-weight chunk: pair sums (maddubs), then a multiply-add with the chunk's int16
-# scales (pick2 of a 16-lane scale table), into one int32 accumulator per super-block.
+# Chunks of 32 weights, two at a time: integer dot products scaled by the chunks' int16
+# scales (simd.scaled_pairs), into two int32 accumulators per super-block (shorter
+# dependency chains: +10-20% in the GEMM).
 # Weight offsets and minimums meet the activation sums in one more multiply-add.
 
 _LOW6, _LOW4, _LOW2 = 0x3F3F3F3F, 0x0F0F0F0F, 0x03030303  # per-byte masks
 
 
 @_inline
-def _chunk(path, isum, q, xq, b, j, sc, s0, s1):
-    """isum + chunk j's 32 weights q times their activations, the first 16 scaled by
-    sc[s0], the last 16 by sc[s1]."""
-    return dpwssd(path, isum, maddubs(q, load_u8x32(xq, 256 * b + 32 * j)), pick2(sc, s0, s1))
+def _chunks(path, isums, q0, q1, xq, b, j, sc, halves):
+    """Chunks j and j + 1 (weights q0, q1) times their activations, 16 weights to each
+    scale sc[halves[k]], added to the first of two int32 accumulators; returned
+    swapped, so that consecutive pairs form two independent chains."""
+    return isums[1], scaled_pairs(path, isums[0], sc, halves, q0, q1, xq, 256 * b + 32 * j)
 
 
 @_inline
-def _k_total(path, acc, isum, d, xs, b, per16, d16):
-    """acc + d isum + d16 (per16 . the activation sums): scaled chunks, then offsets or
-    minimums (per16: one int16 factor per 16 activations)."""
-    return fma(fma(acc, isum, d), dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), per16), d16)
+def _k_total(path, acc, isums, d, xs, b, per16, d16, da):
+    """acc + da (d (sum of isums) + d16 (per16 . the activation sums)): scaled chunks,
+    then minimums (per16: one int16 factor per 16 activations). d and d16 belong to
+    the weight block alone, so a GEMM converts them once for all its tokens."""
+    mins = dpwssd(path, zeros_i32(), load_i16x16(xs, 16 * b), per16)
+    return fma(acc, fma(fmul(sum_i32x8(isums[0], isums[1]), d), mins, d16), da)
+
+
+@_inline
+def _k_offset_total(path, acc, isums, d, xs, b, per16, da):
+    """acc + d da (sum of isums + per16 . the activation sums): scaled chunks and
+    weight offsets (per16: the scales times the offset) in one integer sum."""
+    isum = dpwssd(path, sum_i32x8(isums[0], isums[1]), load_i16x16(xs, 16 * b), per16)
+    return fma(acc, isum, d * da)
 
 
 @_inline
@@ -100,18 +113,16 @@ def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs):
     u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
     sc = bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0)
     mn = bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0)
-    isum = zeros_i32()
+    isums = (zero_sum(path), zero_sum(path))
     for j in range(0, 8, 2):  # 32 bytes of nibbles: chunks j (low) and j + 1 (high)
         v = load_u8x32(w, o + qs + 16 * j)
         lo, hi = shr_and(v, 0, 15), shr_and(v, 4, 15)
         if qh >= 0:
             bits = load_u8x32(w, o + qh)
             lo, hi = or_shl(lo, shr_and(bits, j, 1), 4), or_shl(hi, shr_and(bits, j + 1, 1), 4)
-        isum = _chunk(path, isum, lo, xq, b, j, sc, j, j)
-        isum = _chunk(path, isum, hi, xq, b, j + 1, sc, j + 1, j + 1)
-    da = at(xd, b)
-    return _k_total(path, acc, isum, f16_at(w, o) * da, xs, b, spread_pairs(mn),
-                    -f16_at(w, o + 2) * da)
+        isums = _chunks(path, isums, lo, hi, xq, b, j, sc, (j, j, j + 1, j + 1))
+    return _k_total(path, acc, isums, f16_at(w, o), xs, b, spread_pairs(mn), -f16_at(w, o + 2),
+                    at(xd, b))
 
 
 @_inline
@@ -129,14 +140,19 @@ def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
     """128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d; w = d sc (q - 32)."""
     sc = bytes_i16(u32_at(w, o + 192), u32_at(w, o + 196), u32_at(w, o + 200),
                    u32_at(w, o + 204), 0)
-    isum = zeros_i32()
-    for j in range(8):  # 32 weights; half h = j // 4 of the super-block
-        h, c = j // 4, j % 4
-        lo = shr_and(load_u8x32(w, o + 64 * h + 32 * (c % 2)), 4 * (c // 2), 15)
-        q = or_shl(lo, shr_and(load_u8x32(w, o + 128 + 32 * h), 2 * c, 3), 4)
-        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
-    d = f16_at(w, o + 208) * at(xd, b)
-    return _k_total(path, acc, isum, d, xs, b, sc, -32 * d), corr
+    isums = (zero_sum(path), zero_sum(path))
+    for j in range(0, 8, 2):  # 32 weights each; half h = j // 4 of the super-block
+        isums = _chunks(path, isums, _q6_chunk(w, o, j), _q6_chunk(w, o, j + 1), xq, b, j, sc,
+                        (2 * j, 2 * j + 1, 2 * j + 2, 2 * j + 3))
+    return _k_offset_total(path, acc, isums, f16_at(w, o + 208), xs, b, mul_i16(sc, -32),
+                           at(xd, b)), corr
+
+
+@_inline
+def _q6_chunk(w, o, j):
+    h, c = j // 4, j % 4
+    lo = shr_and(load_u8x32(w, o + 64 * h + 32 * (c % 2)), 4 * (c // 2), 15)
+    return or_shl(lo, shr_and(load_u8x32(w, o + 128 + 32 * h), 2 * c, 3), 4)
 
 
 @_inline
@@ -148,13 +164,18 @@ def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
                    (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
                    ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
                    ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32)
-    isum = zeros_i32()
-    for j in range(8):
-        low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
-        q = or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
-        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
-    d = f16_at(w, o + 108) * at(xd, b)
-    return _k_total(path, acc, isum, d, xs, b, sc, -4 * d), corr
+    isums = (zero_sum(path), zero_sum(path))
+    for j in range(0, 8, 2):
+        isums = _chunks(path, isums, _q3_chunk(w, o, j), _q3_chunk(w, o, j + 1), xq, b, j, sc,
+                        (2 * j, 2 * j + 1, 2 * j + 2, 2 * j + 3))
+    return _k_offset_total(path, acc, isums, f16_at(w, o + 108), xs, b, mul_i16(sc, -4),
+                           at(xd, b)), corr
+
+
+@_inline
+def _q3_chunk(w, o, j):
+    low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
+    return or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
 
 
 @_inline
@@ -164,13 +185,17 @@ def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
     sc = bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0)
     mn = bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
                    (u3 >> 4) & _LOW4, 0)
-    isum = zeros_i32()
-    for j in range(8):
-        q = shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
-        isum = _chunk(path, isum, q, xq, b, j, sc, 2 * j, 2 * j + 1)
-    da = at(xd, b)
-    return _k_total(path, acc, isum, f16_at(w, o + 80) * da, xs, b, mn,
-                    -f16_at(w, o + 82) * da), corr
+    isums = (zero_sum(path), zero_sum(path))
+    for j in range(0, 8, 2):
+        isums = _chunks(path, isums, _q2_chunk(w, o, j), _q2_chunk(w, o, j + 1), xq, b, j, sc,
+                        (2 * j, 2 * j + 1, 2 * j + 2, 2 * j + 3))
+    return _k_total(path, acc, isums, f16_at(w, o + 80), xs, b, mn, -f16_at(w, o + 82),
+                    at(xd, b)), corr
+
+
+@_inline
+def _q2_chunk(w, o, j):
+    return shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
 
 
 # --- dispatch --------------------------------------------------------------------------

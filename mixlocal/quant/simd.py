@@ -41,9 +41,11 @@ class _VecModel(models.PrimitiveModel):
 u8x32 = Vec("i8", 32)
 i16x16 = Vec("i16", 16)
 i32x8 = Vec("i32", 8)
+i32x16 = Vec("i32", 16)  # vnni only: 512 bits
 f32x8 = Vec("f32", 8)
 _V8, _V16, _V32, _VF = (ir.VectorType(t, n) for t, n in
                         ((_I8, 32), (_I16, 16), (_I32, 8), (_F32, 8)))
+_V512, _W512 = ir.VectorType(_I32, 16), ir.VectorType(_I16, 32)
 
 
 def _consts(vtype, values):
@@ -237,6 +239,79 @@ dpwssd = _path_op(_dpwssd)
 dot_i8 = _path_op(_dot_i8)
 
 
+def _scaled_pairs(builder, path, acc, sc, halves, q0, q1, x):
+    """acc + q0 . x[:32] + q1 . x[32:], each 16-weight half scaled by its int16 scale
+    sc[halves[k]] (k: q0's halves, then q1's)."""
+    picked = [builder.extract_element(sc, builder.trunc(builder.extract_value(halves, k), _I32))
+              for k in range(4)]
+    if path == "vnni":
+        # One 512-bit u8 x s8 dot product into 16 int32 lanes, 4 per half; each lane's
+        # sum (|sum| <= 4 * 63 * 127) fits in its low int16, so a multiply-add of the
+        # lanes as int16 pairs with (scale, 0) pairs scales them: two instructions per
+        # 64 weights where 256-bit pair sums take four.
+        q = builder.shuffle_vector(q0, q1, _consts(ir.VectorType(_I32, 64), range(64)))
+        p = _call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
+                  [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
+                   builder.bitcast(x, _V512)])
+        scales = ir.Constant(_W512, [0] * 32)
+        for lane in range(16):
+            scales = builder.insert_element(scales, picked[lane // 4], _I32(2 * lane))
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V512,
+                     [acc, p, builder.bitcast(scales, _V512)])
+    x0 = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32), range(32)))
+    x1 = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32), range(32, 64)))
+    for q, xh, k in ((q0, x0, 0), (q1, x1, 2)):
+        scales = ir.Constant(_V16, ir.Undefined)
+        for lane in range(16):  # int16 pair sums: 8 per half
+            scales = builder.insert_element(scales, picked[k + lane // 8], _I32(lane))
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, [q, xh])
+        acc = _dpwssd(builder, path, acc, pairs, scales)
+    return acc
+
+
+def _sum_type(path):
+    return i32x16 if path == "vnni" else i32x8
+
+
+@intrinsic
+def scaled_pairs(typingctx, path, acc, sc, halves, q0, q1, arr, offset):
+    """_scaled_pairs with x the 64 bytes at `offset` of arr (int8); acc: zero_sum's type."""
+    if not isinstance(path, types.StringLiteral):
+        return None  # Numba retries with the literal
+    name = path.literal_value
+
+    def codegen(context, builder, sig, args):
+        x = builder.load(_at(context, builder, sig.args[6], args[6], args[7],
+                             ir.VectorType(_I8, 64)), align=1)
+        return _scaled_pairs(builder, name, *args[1:6], x)
+    return _sum_type(name)(path, acc, sc, halves, q0, q1, arr, offset), codegen
+
+
+@intrinsic
+def zero_sum(typingctx, path):
+    """Zeros in the int32 accumulator scaled_pairs uses on this path."""
+    if not isinstance(path, types.StringLiteral):
+        return None
+    ty = _sum_type(path.literal_value)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant_null(ty)
+    return ty(path), codegen
+
+
+@intrinsic
+def sum_i32x8(typingctx, a, b):
+    """a + b folded into 8 int32 lanes (a, b: scaled_pairs accumulators)."""
+    def codegen(context, builder, sig, args):
+        v = builder.add(*args)
+        if sig.args[0].lanes == 16:
+            v = builder.add(*(builder.shuffle_vector(v, v, _consts(ir.VectorType(_I32, 8),
+                                                                   range(h, h + 8)))
+                              for h in (0, 8)))
+        return v
+    return i32x8(a, b), codegen
+
+
 @intrinsic
 def maddubs(typingctx, u, s):
     """Pair sums u[2i] s[2i] + u[2i+1] s[2i+1] (u unsigned, s signed), int16 saturating."""
@@ -255,6 +330,14 @@ def bytes_i16(typingctx, a0, a1, a2, a3, sub):
         wide = builder.sext(builder.bitcast(words, ir.VectorType(_I8, 16)), _V16)
         return builder.sub(wide, _splat(builder, builder.trunc(args[4], _I16), _V16))
     return i16x16(a0, a1, a2, a3, sub), codegen
+
+
+@intrinsic
+def mul_i16(typingctx, v, k):
+    """v * k in every int16 lane."""
+    def codegen(context, builder, sig, args):
+        return builder.mul(args[0], _splat(builder, builder.trunc(args[1], _I16), _V16))
+    return i16x16(v, k), codegen
 
 
 @intrinsic
@@ -289,13 +372,27 @@ def _f32x8(context, builder, ty, value):
     return _splat(builder, context.cast(builder, value, ty, types.float32), _VF)
 
 
+def _float(builder, ty, value):
+    return value if ty.elem == "f32" else builder.sitofp(value, _VF)
+
+
 @intrinsic
 def fma(typingctx, acc, p, scale):
-    """acc + float(p) * scale, fused (scale: a number or an f32x8)."""
+    """acc + float(p) * scale, fused (p: i32x8 or f32x8; scale: a number or an f32x8)."""
     def codegen(context, builder, sig, args):
         scale = _f32x8(context, builder, sig.args[2], args[2])
-        return _call(builder, "llvm.fma.v8f32", _VF, [builder.sitofp(args[1], _VF), scale, args[0]])
+        return _call(builder, "llvm.fma.v8f32", _VF,
+                     [_float(builder, sig.args[1], args[1]), scale, args[0]])
     return f32x8(acc, p, scale), codegen
+
+
+@intrinsic
+def fmul(typingctx, p, scale):
+    """float(p) * scale (p: i32x8; scale: a number or an f32x8)."""
+    def codegen(context, builder, sig, args):
+        return builder.fmul(builder.sitofp(args[0], _VF),
+                            _f32x8(context, builder, sig.args[1], args[1]))
+    return f32x8(p, scale), codegen
 
 
 @intrinsic
