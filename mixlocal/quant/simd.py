@@ -1,11 +1,12 @@
 """SIMD building blocks for the 8-bit integer dot products, as Numba intrinsics.
 
-Four vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
-unsigned values, or int8 activations), i16x16 (pair sums, scales), i32x8 (integer
-partial sums) and f32x8 (float accumulators). Each intrinsic below emits a few lines
-of LLVM IR, inlined where it is called; only `dpbusd`, `dot_i8` and `dpwssd` depend on
-the instruction set, chosen by a path name that must be a compile-time string literal
-("vnni" or "avx2", see cpu.py).
+Vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
+unsigned values, or int8 activations), i16x16 (scales), i32x8 (integer partial sums),
+f32x8 (float accumulators) and, on the VNNI path only, i32x16 (512-bit partial sums).
+Each intrinsic below emits a few lines of LLVM IR, inlined where it is called;
+`dpbusd`, `dot_i8`, `dpwssd`, `scaled_quad` and `zero_sum` depend on the instruction
+set, chosen by a path name that must be a compile-time string literal ("vnni" or
+"avx2", see cpu.py).
 
 Byte offsets are unchecked: callers index whole blocks inside C-contiguous arrays.
 """
@@ -239,32 +240,39 @@ dpwssd = _path_op(_dpwssd)
 dot_i8 = _path_op(_dot_i8)
 
 
-def _scaled_pairs(builder, path, acc, sc, halves, q0, q1, x):
-    """acc + q0 . x[:32] + q1 . x[32:], each 16-weight half scaled by its int16 scale
-    sc[halves[k]] (k: q0's halves, then q1's)."""
+def _scaled_quad(builder, path, acc, sc, halves, qs, x):
+    """acc + the dot products of the 32-weight chunks qs (4) with the 128 bytes x, each
+    16-weight half scaled by its int16 scale sc[halves[k]] (k: chunk 0's halves, ...)."""
     picked = [builder.extract_element(sc, builder.trunc(builder.extract_value(halves, k), _I32))
-              for k in range(4)]
+              for k in range(8)]
     if path == "vnni":
-        # One 512-bit u8 x s8 dot product into 16 int32 lanes, 4 per half; each lane's
-        # sum (|sum| <= 4 * 63 * 127) fits in its low int16, so a multiply-add of the
-        # lanes as int16 pairs with (scale, 0) pairs scales them: two instructions per
-        # 64 weights where 256-bit pair sums take four.
-        q = builder.shuffle_vector(q0, q1, _consts(ir.VectorType(_I32, 64), range(64)))
-        p = _call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
-                  [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
-                   builder.bitcast(x, _V512)])
-        scales = ir.Constant(_W512, [0] * 32)
-        for lane in range(16):
-            scales = builder.insert_element(scales, picked[lane // 4], _I32(2 * lane))
+        # Two 512-bit u8 x s8 dot products into int32 lanes, 4 per half; each sum
+        # (|sum| <= 4 * 63 * 127) fits in int16, so both pack into one vector (packssdw
+        # interleaves by 128 bits) for one multiply-add with the scales: three
+        # 512-bit multiplies per 128 weights where 256-bit pair sums take eight 256-bit.
+        halves_of = []
+        for pair in range(2):
+            q = builder.shuffle_vector(qs[2 * pair], qs[2 * pair + 1],
+                                       _consts(ir.VectorType(_I32, 64), range(64)))
+            xp = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 64),
+                                                      range(64 * pair, 64 * pair + 64)))
+            halves_of.append(_call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
+                                   [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
+                                    builder.bitcast(xp, _V512)]))
+        p = _call(builder, "llvm.x86.avx512.packssdw.512", _W512, halves_of)
+        scales = ir.Constant(_W512, ir.Undefined)
+        for lane in range(32):  # 128-bit lane L: 4 sums of half L, then 4 of half 4 + L
+            scales = builder.insert_element(scales, picked[lane // 8 + 4 * (lane % 8 // 4)],
+                                            _I32(lane))
         return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V512,
-                     [acc, p, builder.bitcast(scales, _V512)])
-    x0 = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32), range(32)))
-    x1 = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32), range(32, 64)))
-    for q, xh, k in ((q0, x0, 0), (q1, x1, 2)):
+                     [acc, builder.bitcast(p, _V512), builder.bitcast(scales, _V512)])
+    for k, q in enumerate(qs):
+        xk = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32),
+                                                  range(32 * k, 32 * k + 32)))
         scales = ir.Constant(_V16, ir.Undefined)
         for lane in range(16):  # int16 pair sums: 8 per half
-            scales = builder.insert_element(scales, picked[k + lane // 8], _I32(lane))
-        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, [q, xh])
+            scales = builder.insert_element(scales, picked[2 * k + lane // 8], _I32(lane))
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, [q, xk])
         acc = _dpwssd(builder, path, acc, pairs, scales)
     return acc
 
@@ -274,22 +282,23 @@ def _sum_type(path):
 
 
 @intrinsic
-def scaled_pairs(typingctx, path, acc, sc, halves, q0, q1, arr, offset):
-    """_scaled_pairs with x the 64 bytes at `offset` of arr (int8); acc: zero_sum's type."""
+def scaled_quad(typingctx, path, acc, sc, halves, q0, q1, q2, q3, arr, offset):
+    """_scaled_quad with x the 128 bytes at `offset` of arr (int8); acc: zero_sum's
+    type."""
     if not isinstance(path, types.StringLiteral):
         return None  # Numba retries with the literal
     name = path.literal_value
 
     def codegen(context, builder, sig, args):
-        x = builder.load(_at(context, builder, sig.args[6], args[6], args[7],
-                             ir.VectorType(_I8, 64)), align=1)
-        return _scaled_pairs(builder, name, *args[1:6], x)
-    return _sum_type(name)(path, acc, sc, halves, q0, q1, arr, offset), codegen
+        x = builder.load(_at(context, builder, sig.args[8], args[8], args[9],
+                             ir.VectorType(_I8, 128)), align=1)
+        return _scaled_quad(builder, name, args[1], args[2], args[3], args[4:8], x)
+    return _sum_type(name)(path, acc, sc, halves, q0, q1, q2, q3, arr, offset), codegen
 
 
 @intrinsic
 def zero_sum(typingctx, path):
-    """Zeros in the int32 accumulator scaled_pairs uses on this path."""
+    """Zeros in the int32 accumulator scaled_quad uses on this path."""
     if not isinstance(path, types.StringLiteral):
         return None
     ty = _sum_type(path.literal_value)
@@ -301,7 +310,7 @@ def zero_sum(typingctx, path):
 
 @intrinsic
 def sum_i32x8(typingctx, a, b):
-    """a + b folded into 8 int32 lanes (a, b: scaled_pairs accumulators)."""
+    """a + b folded into 8 int32 lanes (a, b: scaled_quad accumulators)."""
     def codegen(context, builder, sig, args):
         v = builder.add(*args)
         if sig.args[0].lanes == 16:
@@ -310,14 +319,6 @@ def sum_i32x8(typingctx, a, b):
                               for h in (0, 8)))
         return v
     return i32x8(a, b), codegen
-
-
-@intrinsic
-def maddubs(typingctx, u, s):
-    """Pair sums u[2i] s[2i] + u[2i+1] s[2i+1] (u unsigned, s signed), int16 saturating."""
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16, list(args))
-    return i16x16(u, s), codegen
 
 
 @intrinsic
@@ -341,28 +342,12 @@ def mul_i16(typingctx, v, k):
 
 
 @intrinsic
-def pick2(typingctx, t, a, b):
-    """t[a] in lanes 0-7 and t[b] in lanes 8-15: the scales of two 16-weight halves."""
-    def codegen(context, builder, sig, args):
-        ta = _splat(builder, builder.extract_element(args[0], builder.trunc(args[1], _I32)), _V16)
-        tb = _splat(builder, builder.extract_element(args[0], builder.trunc(args[2], _I32)), _V16)
-        return builder.shuffle_vector(ta, tb, _consts(ir.VectorType(_I32, 16),
-                                                      list(range(8)) + list(range(24, 32))))
-    return i16x16(t, a, b), codegen
-
-
-@intrinsic
 def spread_pairs(typingctx, t):
     """t[j] in lanes 2j and 2j + 1, j < 8: one value per pair of int16 sums."""
     def codegen(context, builder, sig, args):
         return builder.shuffle_vector(args[0], args[0], _consts(ir.VectorType(_I32, 16),
                                                                 [j // 2 for j in range(16)]))
     return i16x16(t), codegen
-
-
-@intrinsic
-def isub(typingctx, a, b):
-    return i32x8(a, b), lambda context, builder, sig, args: builder.sub(*args)
 
 
 def _f32x8(context, builder, ty, value):
