@@ -257,9 +257,9 @@ def format_table(result: dict, summary: dict) -> str:
 
 
 def _llama_python_default() -> str | None:
-    for cand in (os.environ.get("LLAMA_PYTHON"), "/work/benchenv/bin/python"):
-        if cand and Path(cand).exists():
-            return cand
+    cand = os.environ.get("LLAMA_PYTHON")
+    if cand and Path(cand).exists():
+        return cand
     try:
         import llama_cpp  # noqa: F401
         return sys.executable
@@ -275,7 +275,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="runs per engine (median taken)")
     p.add_argument("--llama-python", default=_llama_python_default(),
                    help="a Python with llama-cpp-python (default: $LLAMA_PYTHON, "
-                        "/work/benchenv/bin/python, or this one if it has it)")
+                        "or this one if it has it)")
     p.add_argument("--llama-settings", default="mmap,repack",
                    help="llama.cpp settings to run: mmap, repack")
     p.add_argument("--no-llama", action="store_true", help="run mixlocal only")
