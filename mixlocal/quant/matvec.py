@@ -10,10 +10,9 @@ One block function per format, `_q4_0` ... `_q6_k`, has the same shape:
 where o is the byte offset of a weight block, b the index of its activation block in
 the flat arrays xq, xd, xs (the GEMM passes all its tokens' rows at once), acc an f32x8
 accumulator and corr a float32 accumulator for the terms that do not depend on the
-weights' low bits. One
-row loop (`_row_kernel`) serves every format and path; it is compiled per (format,
-path) from a closure over those strings (and the block size), which also keys Numba's
-cache. Numba checks only the compiled file's date for that cache: after editing
+weights' low bits. One row loop (`_row_kernel`) serves every format and path; it is
+compiled per (format, path) from a closure over those strings (and the block size),
+which also keys Numba's cache. Numba checks only the compiled file's date for that cache: after editing
 simd.py or q8.py alone (or this file alone, for gemm.py's kernels), clear
 mixlocal/quant/__pycache__.
 """
