@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 from numba import njit, prange
 
-from .matvec import FORMATS, _block
+from .matvec import BY_QTYPE, FLOAT_SUMS, FORMATS, _block
 from .simd import hsum, zeros_f32
 
 CHUNK_BYTES = 256 << 10  # 8-bit activations per kernel call
@@ -115,7 +115,8 @@ def kernels(path: str) -> dict:
 
     Compiles lazily, per type on first use; call only with a path this CPU has.
     """
-    return {qtype: (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(name, path)
+    return {qtype: (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(
+                name + "_fsums" if name in FLOAT_SUMS else name, path)
             for name, (qtype, _, _) in FORMATS.items()}
 
 
@@ -130,6 +131,11 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     rows = [_QUANTIZE[qtype](v) for v in x]
     rows += [_QUANTIZE[qtype](np.zeros_like(x[0]))] * (padded - n)
     xq, xd, xs = (np.stack(part) for part in zip(*rows))
+    if BY_QTYPE[qtype] in FLOAT_SUMS:
+        # -da times each 32-weight chunk's activation sum, in float32: the weights'
+        # minimums meet these in one FMA per super-block and token
+        xs = (xs.reshape(padded, -1, 8, 2).sum(-1, dtype=np.float32)
+              * -xd[:, :, None]).reshape(padded, -1)
     y = np.empty((padded, w.shape[0]), np.float32)
     kernel = kernels(path)[qtype]
     # Tokens in chunks whose activations stay in L2 while every row passes over them.

@@ -128,6 +128,14 @@ def load_i16x16(typingctx, arr, i):
 
 
 @intrinsic
+def load_f32x8(typingctx, arr, i):
+    """8 values of a float32 array from element i."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _VF), align=4)
+    return f32x8(arr, i), codegen
+
+
+@intrinsic
 def load_u8x32(typingctx, arr, offset):
     """32 bytes from byte `offset` of a uint8 or int8 array."""
     def codegen(context, builder, sig, args):
@@ -339,6 +347,15 @@ def mul_i16(typingctx, v, k):
     def codegen(context, builder, sig, args):
         return builder.mul(args[0], _splat(builder, builder.trunc(args[1], _I16), _V16))
     return i16x16(v, k), codegen
+
+
+@intrinsic
+def low_i32(typingctx, t):
+    """The first 8 int16 lanes, widened to int32."""
+    def codegen(context, builder, sig, args):
+        low = builder.shuffle_vector(args[0], args[0], _consts(_V32, range(8)))
+        return builder.sext(low, _V32)
+    return i32x8(t), codegen
 
 
 @intrinsic
