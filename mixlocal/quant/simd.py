@@ -111,36 +111,21 @@ def prefetch_nta(typingctx, arr, offset):
     return types.none(arr, offset), codegen
 
 
-@intrinsic
-def u32_at(typingctx, arr, offset):
-    """The little-endian uint32 at byte `offset` of a uint8 array."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
-    return types.uint32(arr, offset), codegen
+def _load(result, ptype, align):
+    """An intrinsic loading `result` (LLVM type ptype) from element `i` of an array."""
+    @intrinsic
+    def load(typingctx, arr, i):
+        def codegen(context, builder, sig, args):
+            return builder.load(_at(context, builder, sig.args[0], args[0], args[1], ptype),
+                                align=align)
+        return result(arr, i), codegen
+    return load
 
 
-@intrinsic
-def load_i16x16(typingctx, arr, i):
-    """16 values of an int16 array from element i."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _V16), align=2)
-    return i16x16(arr, i), codegen
-
-
-@intrinsic
-def load_f32x8(typingctx, arr, i):
-    """8 values of a float32 array from element i."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _VF), align=4)
-    return f32x8(arr, i), codegen
-
-
-@intrinsic
-def load_u8x32(typingctx, arr, offset):
-    """32 bytes from byte `offset` of a uint8 or int8 array."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _V8), align=1)
-    return u8x32(arr, offset), codegen
+u32_at = _load(types.uint32, _I32, 1)  # the little-endian uint32 at byte i of a uint8 array
+load_i16x16 = _load(i16x16, _V16, 2)   # 16 values of an int16 array from element i
+load_f32x8 = _load(f32x8, _VF, 4)      # 8 values of a float32 array from element i
+load_u8x32 = _load(u8x32, _V8, 1)      # 32 bytes from byte i of a uint8 or int8 array
 
 
 @intrinsic
