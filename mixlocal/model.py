@@ -94,8 +94,13 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
 
 
 def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
-    """SwiGLU: down(silu(gate x) * up x)."""
-    return _linear(e.down, silu(_linear(e.gate, x)) * _linear(e.up, x))
+    """SwiGLU: down(silu(gate x) * up x). One token: gate and up share one 8-bit
+    quantization of x (they read the same input)."""
+    if len(x) == 1:
+        gate, up = (y[None] for y in quant.matvec_multi([e.gate, e.up], x[0]))
+    else:
+        gate, up = quant.matmul(e.gate, x), quant.matmul(e.up, x)
+    return _linear(e.down, silu(gate) * up)
 
 
 def route(router: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
