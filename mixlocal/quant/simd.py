@@ -101,12 +101,13 @@ def f16_at(typingctx, arr, offset):
 
 
 @intrinsic
-def prefetch_nta(typingctx, arr, offset):
-    """Ask for the cache line at byte `offset` ahead of use, non-temporally: it should
-    not push longer-lived data out of L1 (never faults, even past the array's end)."""
+def prefetch_l2(typingctx, arr, offset):
+    """Ask for the cache line at byte `offset` ahead of use, into L2 only: the stream
+    of weights then does not push the activations out of L1 (never faults, even past
+    the array's end)."""
     def codegen(context, builder, sig, args):
         ptr = _at(context, builder, sig.args[0], args[0], args[1], _I8)
-        _call(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr, _I32(0), _I32(0), _I32(1)])
+        _call(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr, _I32(0), _I32(2), _I32(1)])
         return context.get_dummy_value()
     return types.none(arr, offset), codegen
 
@@ -315,6 +316,38 @@ def sum_i32x8(typingctx, a, b):
 
 
 @intrinsic
+def lane_sums(typingctx, p0, p1, p2, p3, p4, p5, p6, p7):
+    """The 8 sums of each i32x8 p_k's lanes, as one i32x8 (k in lane k): three rounds
+    of pairwise horizontal adds, then the two 128-bit halves added."""
+    def codegen(context, builder, sig, args):
+        def hadd(a, b):  # lanes 4i..4i+3 of each 128-bit half: a's pair sums, then b's
+            return _call(builder, "llvm.x86.avx2.phadd.d", _V32, [a, b])
+        g0 = hadd(hadd(args[0], args[1]), hadd(args[2], args[3]))
+        g1 = hadd(hadd(args[4], args[5]), hadd(args[6], args[7]))
+        low = builder.shuffle_vector(g0, g1, _consts(_V32, [0, 1, 2, 3, 8, 9, 10, 11]))
+        high = builder.shuffle_vector(g0, g1, _consts(_V32, [4, 5, 6, 7, 12, 13, 14, 15]))
+        return builder.add(low, high)
+    return i32x8(p0, p1, p2, p3, p4, p5, p6, p7), codegen
+
+
+def strided_halves(stride: int):
+    """An intrinsic (arr, offset) -> f32x8: the IEEE halves at bytes offset + stride * k
+    of a uint8 array, k < 8 (the scales of 8 consecutive blocks of `stride` bytes), by
+    one shuffle of the bytes they span."""
+    span = 7 * stride + 2
+
+    @intrinsic
+    def halves(typingctx, arr, offset):
+        def codegen(context, builder, sig, args):
+            words = ir.VectorType(_I16, (span + 1) // 2)
+            v = builder.load(_at(context, builder, sig.args[0], args[0], args[1], words), align=1)
+            picked = builder.shuffle_vector(v, v, _consts(_V32, [stride * k // 2 for k in range(8)]))
+            return builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 8)), _VF)
+        return f32x8(arr, offset), codegen
+    return halves
+
+
+@intrinsic
 def bytes_i16(typingctx, a0, a1, a2, a3, sub):
     """The 16 bytes of four uint32 (little-endian) as int8, widened to int16, minus sub."""
     def codegen(context, builder, sig, args):
@@ -353,32 +386,26 @@ def spread_pairs(typingctx, t):
 
 
 def _f32x8(context, builder, ty, value):
-    """An f32x8 as it is, or a number in all 8 lanes."""
+    """An f32x8 as it is, an i32x8 converted, or a number in all 8 lanes."""
     if isinstance(ty, Vec):
-        return value
+        return value if ty.elem == "f32" else builder.sitofp(value, _VF)
     return _splat(builder, context.cast(builder, value, ty, types.float32), _VF)
-
-
-def _float(builder, ty, value):
-    return value if ty.elem == "f32" else builder.sitofp(value, _VF)
 
 
 @intrinsic
 def fma(typingctx, acc, p, scale):
     """acc + float(p) * scale, fused (p: i32x8 or f32x8; scale: a number or an f32x8)."""
     def codegen(context, builder, sig, args):
-        scale = _f32x8(context, builder, sig.args[2], args[2])
-        return _call(builder, "llvm.fma.v8f32", _VF,
-                     [_float(builder, sig.args[1], args[1]), scale, args[0]])
+        acc, p, scale = (_f32x8(context, builder, ty, v) for ty, v in zip(sig.args, args))
+        return _call(builder, "llvm.fma.v8f32", _VF, [p, scale, acc])
     return f32x8(acc, p, scale), codegen
 
 
 @intrinsic
 def fmul(typingctx, p, scale):
-    """float(p) * scale (p: i32x8; scale: a number or an f32x8)."""
+    """float(p) * scale (p: i32x8 or f32x8; scale: a number or an f32x8)."""
     def codegen(context, builder, sig, args):
-        return builder.fmul(builder.sitofp(args[0], _VF),
-                            _f32x8(context, builder, sig.args[1], args[1]))
+        return builder.fmul(*(_f32x8(context, builder, ty, v) for ty, v in zip(sig.args, args)))
     return f32x8(p, scale), codegen
 
 
