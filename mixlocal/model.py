@@ -57,6 +57,14 @@ def _linear(w: quant.QTensor, x: np.ndarray) -> np.ndarray:
     return quant.matmul(w, x)
 
 
+def _linears(ws: list[quant.QTensor], x: np.ndarray) -> list[np.ndarray]:
+    """[_linear(w, x) for w in ws]; for one token, the products that read the same
+    input share one 8-bit quantization of it."""
+    if len(x) == 1:
+        return [y[None] for y in quant.matvec_multi(ws, x[0])]
+    return [quant.matmul(w, x) for w in ws]
+
+
 class Rope:
     """llama.cpp's "normal" RoPE: rotates adjacent pairs (x[2i], x[2i+1]) of the first
     rope_dim features by pos * base^(-2i/rope_dim). A pair is a complex number, so the
@@ -96,10 +104,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
 def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
     """SwiGLU: down(silu(gate x) * up x). One token: gate and up share one 8-bit
     quantization of x (they read the same input)."""
-    if len(x) == 1:
-        gate, up = (y[None] for y in quant.matvec_multi([e.gate, e.up], x[0]))
-    else:
-        gate, up = quant.matmul(e.gate, x), quant.matmul(e.up, x)
+    gate, up = _linears([e.gate, e.up], x)
     return _linear(e.down, silu(gate) * up)
 
 
@@ -173,15 +178,19 @@ class Model:
         last = len(w.layers) - 1 if not logits_all and observer is None else -1
         for i, layer in enumerate(w.layers):
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
-            cache.k[i, start:end] = self._rope(
-                _linear(layer.wk, h).reshape(n, c.n_head_kv, c.head_dim), positions)
-            cache.v[i, start:end] = _linear(layer.wv, h).reshape(n, c.n_head_kv, c.head_dim)
+            every_q = i != last or n == 1  # queries of every token, with the keys and values
+            *q, keys, values = _linears([layer.wq, layer.wk, layer.wv] if every_q else
+                                        [layer.wk, layer.wv], h)
+            cache.k[i, start:end] = self._rope(keys.reshape(n, c.n_head_kv, c.head_dim),
+                                               positions)
+            cache.v[i, start:end] = values.reshape(n, c.n_head_kv, c.head_dim)
             if i == last:
                 # Only the last token's logits are wanted, and every token's keys and
                 # values are cached now: the rest runs on that token alone (llama.cpp
                 # does the same; on a prompt it saves most of the last layer).
                 x, h, positions = x[-1:], h[-1:], positions[-1:]
-            q = self._rope(_linear(layer.wq, h).reshape(len(h), c.n_head, c.head_dim), positions)
+            q = q[0] if every_q else _linear(layer.wq, h)
+            q = self._rope(q.reshape(len(h), c.n_head, c.head_dim), positions)
             a = attention(q, cache.k[i, :end], cache.v[i, :end], positions[0])
             x = x + _linear(layer.wo, a)
 
