@@ -112,6 +112,19 @@ class _Cursor:
         return out
 
 
+def _advise_huge_pages(m: mmap.mmap) -> None:
+    """Ask Linux to read the file into 2 MiB page-cache folios and map them whole.
+    Decoding streams every chosen expert's weights: one core reads a map of 4 KiB
+    pages at about 23 GB/s here, of 2 MiB pages at 32. Pages already cached keep
+    their size; kernels without huge file pages ignore the advice."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
+    if advice is not None:
+        try:
+            m.madvise(advice)
+        except OSError:
+            pass
+
+
 class GGUFFile:
     """A GGUF file opened read-only by memory map.
 
@@ -127,6 +140,7 @@ class GGUFFile:
                 if size < 24:
                     raise GGUFError(f"{self.path} is not a GGUF file (only {size} bytes)")
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                _advise_huge_pages(self._map)
         except OSError as e:
             raise GGUFError(f"cannot read {self.path}: {e.strerror or e}") from None
         self.file_size = size
