@@ -113,28 +113,9 @@ class _LlamaCpp:
         self.L.llama_synchronize(self.ctx)
 
 
-def _read_bandwidth(path: str, threads: int) -> float:
-    """GB/s of a parallel sum over the file's bytes, mapped as the engines map them
-    (page cache warm, pages touched once before timing). Median of 5."""
-    import numpy as np
-    from bench_matvec import read_all
-    from numba import set_num_threads
-
-    set_num_threads(threads)
-    rows = os.path.getsize(path) // (8 * 4096)
-    words = np.memmap(path, np.uint64, "r", shape=(rows, 4096))
-    read_all(words)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        read_all(words)
-        times.append(time.perf_counter() - t0)
-    return words.nbytes / statistics.median(times) / 1e9
-
-
 def _huge_page_share(path: str) -> float:
-    """The share of this process's resident pages of `path` that are mapped as 2 MiB
-    pages (Linux's FilePmdMapped). A map of 4 KiB pages reads about 1.4x slower here;
+    """The share of this process's resident pages of `path` (mapped now) that are
+    mapped as 2 MiB pages (Linux's FilePmdMapped). A map of 4 KiB pages reads about 1.4x slower here;
     which one a file gets depends on how its pages entered the page cache (mixlocal
     advises huge pages, so its first read of a file leaves them)."""
     real, rss, pmd, mine = os.path.realpath(path), 0, 0, False
@@ -149,10 +130,30 @@ def _huge_page_share(path: str) -> float:
     return pmd / rss if rss else 0.0
 
 
+def _read_bandwidth(path: str, threads: int) -> tuple[float, float]:
+    """GB/s of a parallel sum over the file's bytes, mapped as the engines map them
+    (page cache warm, pages touched once before timing), median of 5; and the share of
+    the map in 2 MiB pages."""
+    import numpy as np
+    from bench_matvec import read_all
+    from numba import set_num_threads
+
+    set_num_threads(threads)
+    rows = os.path.getsize(path) // (8 * 4096)
+    words = np.memmap(path, np.uint64, "r", shape=(rows, 4096))
+    read_all(words)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        read_all(words)
+        times.append(time.perf_counter() - t0)
+    return words.nbytes / statistics.median(times) / 1e9, _huge_page_share(path)
+
+
 def worker(spec: dict) -> dict:
     if spec["engine"] == "bandwidth":
-        gbps = _read_bandwidth(spec["file"], spec["threads"])
-        return {"gbps": gbps, "huge_pages": _huge_page_share(spec["file"]), "rss": _peak_rss()}
+        gbps, huge = _read_bandwidth(spec["file"], spec["threads"])
+        return {"gbps": gbps, "huge_pages": huge, "rss": _peak_rss()}
     engine = (_Mixlocal if spec["engine"] == "mixlocal" else _LlamaCpp)(spec)
     engine.prompt(_tokens(WARMUP_PROMPT, engine.n_vocab, 0))
     engine.generate(_tokens(2, engine.n_vocab, 1))
