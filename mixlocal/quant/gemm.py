@@ -276,31 +276,54 @@ def _store_sums(y, r, t, acc):
         y[t + k, r] = hsum(acc[k])
 
 
+@_inline
+def _zero_quad():
+    return zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+
+
+@_inline
+def _row_by16(fmt, w, o, step, nb, xq, xd, xs, tb):
+    """Accumulators (four quads) of the row at byte o against a tile of 16 tokens whose
+    activations start at flat block tb."""
+    acc0 = acc1 = acc2 = acc3 = _zero_quad()
+    for b in range(nb):
+        sb = _decode(fmt, w, o + b * step)
+        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b, 1)
+        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4, 1)
+        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8, 1)
+        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12, 1)
+    return acc0, acc1, acc2, acc3
+
+
+@_inline
+def _row_by4(fmt, w, o, step, nb, xq, xd, xs, tb):
+    """As _row_by16 for a tile of 4 tokens: one quad."""
+    acc = _zero_quad()
+    for b in range(nb):
+        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b, 1)
+    return acc
+
+
+TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
+
+
 def _kernel_k(fmt: str):
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
-        """y[t, r] = row r of w . token t, 8 tokens per step (4 at the end when there are
-        not 8 left); rows split across threads. Activations in tiles (_tiled)."""
+        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_tiled);
+        rows split across threads."""
         n = len(y)
         nb = xd.size // n
         step = w.shape[1] // nb
+        full = n // TILE * TILE
         for r in prange(w.shape[0]):
             o = r * w.shape[1]
-            for t in range(0, n - 7, 8):
-                acc0 = acc1 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
-                for b in range(nb):
-                    sb = _decode(fmt, w, o + b * step)
-                    acc0 = _quad(fmt, acc0, sb, xq, xd, xs, t * nb + 8 * b, 1)
-                    acc1 = _quad(fmt, acc1, sb, xq, xd, xs, t * nb + 8 * b + 4, 1)
-                _store_sums(y, r, t, acc0)
-                _store_sums(y, r, t + 4, acc1)
-            if n % 8:
-                t = n - TOKENS
-                acc0 = (zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32())
-                for b in range(nb):
-                    acc0 = _quad(fmt, acc0, _decode(fmt, w, o + b * step), xq, xd, xs,
-                                 t * nb + 4 * b, 1)
-                _store_sums(y, r, t, acc0)
+            for t in range(0, full, TILE):
+                quads = _row_by16(fmt, w, o, step, nb, xq, xd, xs, t * nb)
+                for k in range(TILE // TOKENS):
+                    _store_sums(y, r, t + TOKENS * k, quads[k])
+            for t in range(full, n, TOKENS):
+                _store_sums(y, r, t, _row_by4(fmt, w, o, step, nb, xq, xd, xs, t * nb))
     return kernel
 
 @cache
@@ -335,7 +358,7 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     kernel = kernels(path)[qtype]
     tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS
     # Tokens in chunks whose activations stay in L2 while every row passes over them.
-    chunk = max(8, CHUNK_BYTES // xq.shape[1] // 8 * 8)
+    chunk = max(TILE, CHUNK_BYTES // xq.shape[1] // TILE * TILE)
     for t in range(0, padded, chunk):
         part = xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk]
         if tiled:
@@ -345,11 +368,11 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _tiled(a: np.ndarray, nb: int) -> np.ndarray:
-    """(tokens, nb * k) -> the same values tile by tile, 8 tokens a tile (4 in a last
-    one), each tile block by block with its tokens side by side: one row's pass reads
-    them in order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
-    full = len(a) // 8 * 8
-    tiles = [a[t:t + size].reshape(size, nb, -1).transpose(1, 0, 2).reshape(-1)
-             for t, size in [(t, 8) for t in range(0, full, 8)] + [(full, len(a) - full)]
-             if size]
-    return np.concatenate(tiles)
+    """(tokens, nb * k) -> the same values tile by tile (TILE tokens a tile, then 4),
+    each tile block by block with its tokens side by side: one row's pass reads them in
+    order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
+    full = len(a) // TILE * TILE
+    starts = [(t, TILE) for t in range(0, full, TILE)]
+    starts += [(t, TOKENS) for t in range(full, len(a), TOKENS)]
+    return np.concatenate([a[t:t + size].reshape(size, nb, -1).transpose(1, 0, 2).reshape(-1)
+                           for t, size in starts])
