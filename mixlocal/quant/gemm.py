@@ -346,9 +346,10 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """
     n = len(x)
     padded = -(-n // TOKENS) * TOKENS
-    rows = [_QUANTIZE[qtype](v) for v in x]
-    rows += [_QUANTIZE[qtype](np.zeros_like(x[0]))] * (padded - n)
-    xq, xd, xs = (np.stack(part) for part in zip(*rows))
+    if padded > n:
+        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
+    # one call for all tokens: blocks never straddle two of them
+    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
     if BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
