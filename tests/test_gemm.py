@@ -59,7 +59,7 @@ def test_quant_matmul_dispatch(path, monkeypatch):
 
 @needs_simd
 def test_token_chunks_do_not_change_results(monkeypatch):
-    """Long prompts run in chunks of tokens (here 8, 8 and a padded 4 of 19)."""
+    """Long prompts run in chunks of tokens (here 16 and a padded 4 of 19)."""
     import mixlocal.quant.gemm as gemm
     path = SIMD_PATHS[0]
     x = np.random.default_rng(9).standard_normal((19, 512)).astype(np.float32)

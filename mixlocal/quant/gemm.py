@@ -1,14 +1,18 @@
 """Prompt processing on 8-bit activations: Y = X W^T straight from the quantized blocks.
 
 Each token's row of X is quantized once, as matvec does for one vector (q8.py). The
-kernels then walk tiles of weight rows by tokens block by block, calling matvec's block
-functions once per (row, token): inlined, they share each weight block's decoding
-across the tokens and each activation block's loads across the rows, so the weights
-are read from memory once per product and the work is compute-bound. Tile shapes, as
+kernels then walk tiles of weight rows by tokens block by block, so the weights are
+read from memory once per product and the work is compute-bound. Tile shapes, as
 measured here: 4 rows x 4 tokens for the 32-weight formats, whose blocks are cheap to
-decode; 1 row x 8 tokens for the K-quants, whose super-blocks' scales are worth
-decoding once for more tokens (1.3x over 4 x 4). For a MoE expert's share of a prompt
-(tens of tokens) this beats dequantizing to float for BLAS by 2-3x.
+decode; 1 row x 8 tokens for the K-quants, whose super-blocks are worth decoding once
+for more tokens (1.3x over 4 x 4). For a MoE expert's share of a prompt (tens of
+tokens) this beats dequantizing to float for BLAS by 2-3x.
+
+The 32-weight formats (and the K-quants on AVX2) call matvec's block functions once
+per (row, token): inlined, they share each weight block's decoding across the tokens
+and each activation block's loads across the rows. The K-quants on AVX512-VNNI decode
+each super-block once per tile into 512-bit registers (`_decode`), and read the
+activations tile by tile in order (`_tiled`).
 """
 
 from __future__ import annotations
@@ -16,18 +20,22 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-from .matvec import BY_QTYPE, FLOAT_SUMS, FORMATS, _block
-from .simd import hsum, zeros_f32
+from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
+                     _k_total, q2_scales, q3_scales, q6_scales, q45_scales)
+from .simd import (at, bits_u8x64, f16_at, fmul, group_scales, hsum, low_i32, mul_i16, or_shl,
+                   scaled_pairs, spread_pairs, zero_sum, zeros_f32)
 
 CHUNK_BYTES = 256 << 10  # 8-bit activations per kernel call
 TOKENS = 4  # tokens per step of a tile; X is padded with zero rows to a multiple of it
 
 _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
+_inline = njit(cache=True, forceinline=True)
 
 
-@njit(cache=True, forceinline=True)
+@_inline
 def _four(fmt, path, acc, corr, w, o, xq, xd, xs, tb, nb):
     """Weight block b of the row at byte o against tokens t..t+3, tb = t nb + b: the
     block functions index the whole (tokens, ...) arrays by flat block number, so the
@@ -39,7 +47,7 @@ def _four(fmt, path, acc, corr, w, o, xq, xd, xs, tb, nb):
     return (a0, a1, a2, a3), (c0, c1, c2, c3)
 
 
-@njit(cache=True, forceinline=True)
+@_inline
 def _store(y, r, t, acc, corr):
     for k in range(TOKENS):
         y[t + k, r] = hsum(acc[k]) + corr[k]
@@ -109,13 +117,223 @@ def _kernel_1x8(fmt: str, path: str):
     return kernel
 
 
+# --- K-quants on the vnni path: each super-block decoded once for a tile's tokens -----
+# A super-block becomes four u8x64 pairs of 32-weight chunks, its sixteen 16-weight
+# groups' int16 scales laid out for simd.scaled_pairs, and what its total needs (d,
+# minimums or offsets: `tail`). Each token then costs four 512-bit dot products and two
+# int16 multiply-adds, and its total matvec's 256-bit float32 tail (on Zen 4 a 512-bit
+# multiply or FMA takes the pipes twice as long as a 256-bit one).
+
+@_inline
+def _superblock(pairs, sc, tail):
+    """A decoded super-block from its chunk pairs, scales (i16x16, one per group) and
+    tail."""
+    return pairs, group_scales(sc, 0), group_scales(sc, 8), tail
+
+
+@_inline
+def _q45_pair(w, o, qh, qs, k):
+    """Q4_K / Q5_K chunks 2k (low nibbles) and 2k + 1 (high) of the 32 bytes at qs + 32k,
+    with their fifth bits 2k and 2k + 1 at qh (-1: none)."""
+    q = bits_u8x64(w, o + qs + 32 * k, o + qs + 32 * k, 0, 4, 15)
+    if qh >= 0:
+        q = or_shl(q, bits_u8x64(w, o + qh, o + qh, 2 * k, 2 * k + 1, 1), 4)
+    return q
+
+
+@_inline
+def _q45_sb(w, o, qh, qs):
+    """w = d sc q - dmin m per 32 weights."""
+    sc, mn = q45_scales(w, o)
+    pairs = (_q45_pair(w, o, qh, qs, 0), _q45_pair(w, o, qh, qs, 1),
+             _q45_pair(w, o, qh, qs, 2), _q45_pair(w, o, qh, qs, 3))
+    return _superblock(pairs, spread_pairs(sc),
+                       (f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2))))
+
+
+@_inline
+def _q45_total(acc, isums, tail, xd, xs, b):
+    return _k_float_mins(acc, isums, tail[0], tail[1], xs, b, at(xd, b))
+
+
+@_inline
+def _q4_k_sb(w, o):
+    return _q45_sb(w, o, -1, 16)
+
+
+@_inline
+def _q5_k_sb(w, o):
+    return _q45_sb(w, o, 16, 48)
+
+
+@_inline
+def _q6_k_sb(w, o):
+    """w = d sc (q - 32): chunks 4h..4h + 3 are the low then high nibbles of the 64
+    bytes at 64h, with two more bits each from the 32 bytes at 128 + 32h."""
+    sc = q6_scales(w, o)
+    pairs = (_q6_pair(w, o, 0), _q6_pair(w, o, 1), _q6_pair(w, o, 2), _q6_pair(w, o, 3))
+    return _superblock(pairs, sc, (f16_at(w, o + 208), mul_i16(sc, -32)))
+
+
+@_inline
+def _q6_pair(w, o, k):
+    h, c = k // 2, k % 2
+    low = bits_u8x64(w, o + 64 * h, o + 64 * h + 32, 4 * c, 4 * c, 15)
+    return or_shl(low, bits_u8x64(w, o + 128 + 32 * h, o + 128 + 32 * h, 4 * c, 4 * c + 2, 3), 4)
+
+
+@_inline
+def _offset_total(acc, isums, tail, xd, xs, b):
+    return _k_offset_total("vnni", acc, isums, tail[0], xs, b, tail[1], at(xd, b))
+
+
+@_inline
+def _q3_k_sb(w, o):
+    """w = d (sc - 32) (q - 4): two low bits from the 32 bytes at 32 + 32 (k // 2), the
+    third from the mask at 0."""
+    sc = q3_scales(w, o)
+    pairs = (_q3_pair(w, o, 0), _q3_pair(w, o, 1), _q3_pair(w, o, 2), _q3_pair(w, o, 3))
+    return _superblock(pairs, sc, (f16_at(w, o + 108), mul_i16(sc, -4)))
+
+
+@_inline
+def _q3_pair(w, o, k):
+    a, s = o + 32 + 32 * (k // 2), 4 * (k % 2)
+    return or_shl(bits_u8x64(w, a, a, s, s + 2, 3), bits_u8x64(w, o, o, 2 * k, 2 * k + 1, 1), 2)
+
+
+@_inline
+def _q2_k_sb(w, o):
+    """w = d sc q - dmin m per 16 weights; two bits each from the 32 bytes at
+    16 + 32 (k // 2)."""
+    sc, mn = q2_scales(w, o)
+    pairs = (_q2_pair(w, o, 0), _q2_pair(w, o, 1), _q2_pair(w, o, 2), _q2_pair(w, o, 3))
+    return _superblock(pairs, sc, (f16_at(w, o + 80), mn, -f16_at(w, o + 82)))
+
+
+@_inline
+def _q2_pair(w, o, k):
+    a, s = o + 16 + 32 * (k // 2), 4 * (k % 2)
+    return bits_u8x64(w, a, a, s, s + 2, 3)
+
+
+@_inline
+def _q2_total(acc, isums, tail, xd, xs, b):
+    return _k_total("vnni", acc, isums, tail[0], xs, b, tail[1], tail[2], at(xd, b))
+
+
+# format -> (decoder, total): the total adds a super-block's integer sums, scaled, to acc
+_SUPERBLOCKS = {"q2_k": (_q2_k_sb, _q2_total), "q3_k": (_q3_k_sb, _offset_total),
+                "q4_k": (_q4_k_sb, _q45_total), "q5_k": (_q5_k_sb, _q45_total),
+                "q6_k": (_q6_k_sb, _offset_total)}
+
+
+def _decode(fmt, w, o):
+    """The super-block at byte o of w, decoded (fmt: a _SUPERBLOCKS name, literal)."""
+
+
+def _total(fmt, acc, isums, tail, xd, xs, b):
+    """acc + a super-block's integer sums against activation block b, scaled."""
+
+
+@overload(_decode, prefer_literal=True, jit_options={"forceinline": True})
+def _decode_impl(fmt, w, o):
+    if isinstance(fmt, types.StringLiteral):
+        fn = _SUPERBLOCKS[fmt.literal_value][0]
+        return lambda fmt, w, o: fn(w, o)
+    return None
+
+
+@overload(_total, prefer_literal=True, jit_options={"forceinline": True})
+def _total_impl(fmt, acc, isums, tail, xd, xs, b):
+    if isinstance(fmt, types.StringLiteral):
+        fn = _SUPERBLOCKS[fmt.literal_value][1]
+        return lambda fmt, acc, isums, tail, xd, xs, b: fn(acc, isums, tail, xd, xs, b)
+    return None
+
+
+@_inline
+def _token(fmt, acc, sb, xq, xd, xs, tb):
+    """acc + a decoded super-block times the activations of flat block tb."""
+    (q0, q1, q2, q3), low, high, tail = sb
+    isum = scaled_pairs(zero_sum("vnni"), q0, q1, xq, 256 * tb, low)
+    isum = scaled_pairs(isum, q2, q3, xq, 256 * tb + 128, high)
+    return _total(fmt, acc, (isum, zero_sum("vnni")), tail, xd, xs, tb)
+
+
+@_inline
+def _quad(fmt, acc, sb, xq, xd, xs, tb, stride):
+    """_token for the four flat activation blocks tb + k stride."""
+    return (_token(fmt, acc[0], sb, xq, xd, xs, tb),
+            _token(fmt, acc[1], sb, xq, xd, xs, tb + stride),
+            _token(fmt, acc[2], sb, xq, xd, xs, tb + 2 * stride),
+            _token(fmt, acc[3], sb, xq, xd, xs, tb + 3 * stride))
+
+
+@_inline
+def _store_sums(y, r, t, acc):
+    for k in range(TOKENS):
+        y[t + k, r] = hsum(acc[k])
+
+
+@_inline
+def _zero_quad():
+    return zeros_f32(), zeros_f32(), zeros_f32(), zeros_f32()
+
+
+@_inline
+def _row_by16(fmt, w, o, step, nb, xq, xd, xs, tb):
+    """Accumulators (four quads) of the row at byte o against a tile of 16 tokens whose
+    activations start at flat block tb."""
+    acc0 = acc1 = acc2 = acc3 = _zero_quad()
+    for b in range(nb):
+        sb = _decode(fmt, w, o + b * step)
+        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b, 1)
+        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4, 1)
+        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8, 1)
+        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12, 1)
+    return acc0, acc1, acc2, acc3
+
+
+@_inline
+def _row_by4(fmt, w, o, step, nb, xq, xd, xs, tb):
+    """As _row_by16 for a tile of 4 tokens: one quad."""
+    acc = _zero_quad()
+    for b in range(nb):
+        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b, 1)
+    return acc
+
+
+TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
+
+
+def _kernel_k(fmt: str):
+    @njit(cache=True, parallel=True)
+    def kernel(w, xq, xd, xs, y):
+        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_tiled);
+        rows split across threads."""
+        n = len(y)
+        nb = xd.size // n
+        step = w.shape[1] // nb
+        full = n // TILE * TILE
+        for r in prange(w.shape[0]):
+            o = r * w.shape[1]
+            for t in range(0, full, TILE):
+                quads = _row_by16(fmt, w, o, step, nb, xq, xd, xs, t * nb)
+                for k in range(TILE // TOKENS):
+                    _store_sums(y, r, t + TOKENS * k, quads[k])
+            for t in range(full, n, TOKENS):
+                _store_sums(y, r, t, _row_by4(fmt, w, o, step, nb, xq, xd, xs, t * nb))
+    return kernel
+
 @cache
 def kernels(path: str) -> dict:
     """{GGUF type: kernel(w, xq, xd, xs, y)} for a SIMD path ("vnni" or "avx2").
 
     Compiles lazily, per type on first use; call only with a path this CPU has.
     """
-    return {qtype: (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(
+    return {qtype: _kernel_k(name) if path == "vnni" and name in _SUPERBLOCKS else
+            (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(
                 name + "_fsums" if name in FLOAT_SUMS else name, path)
             for name, (qtype, _, _) in FORMATS.items()}
 
@@ -128,9 +346,10 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """
     n = len(x)
     padded = -(-n // TOKENS) * TOKENS
-    rows = [_QUANTIZE[qtype](v) for v in x]
-    rows += [_QUANTIZE[qtype](np.zeros_like(x[0]))] * (padded - n)
-    xq, xd, xs = (np.stack(part) for part in zip(*rows))
+    if padded > n:
+        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
+    # one call for all tokens: blocks never straddle two of them
+    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
     if BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
@@ -138,8 +357,23 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
               * -xd[:, :, None]).reshape(padded, -1)
     y = np.empty((padded, w.shape[0]), np.float32)
     kernel = kernels(path)[qtype]
+    tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS
     # Tokens in chunks whose activations stay in L2 while every row passes over them.
-    chunk = max(8, CHUNK_BYTES // xq.shape[1] // 8 * 8)
+    chunk = max(TILE, CHUNK_BYTES // xq.shape[1] // TILE * TILE)
     for t in range(0, padded, chunk):
-        kernel(w, xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk], y[t:t + chunk])
+        part = xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk]
+        if tiled:
+            part = [_tiled(a, xd.shape[1]) for a in part]
+        kernel(w, *part, y[t:t + chunk])
     return y[:n]
+
+
+def _tiled(a: np.ndarray, nb: int) -> np.ndarray:
+    """(tokens, nb * k) -> the same values tile by tile (TILE tokens a tile, then 4),
+    each tile block by block with its tokens side by side: one row's pass reads them in
+    order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
+    full = len(a) // TILE * TILE
+    starts = [(t, TILE) for t in range(0, full, TILE)]
+    starts += [(t, TOKENS) for t in range(full, len(a), TOKENS)]
+    return np.concatenate([a[t:t + size].reshape(size, nb, -1).transpose(1, 0, 2).reshape(-1)
+                           for t, size in starts])

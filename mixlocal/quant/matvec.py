@@ -147,25 +147,38 @@ def _k_offset_total(path, acc, isums, d, xs, b, per16, da):
 
 
 @_inline
+def _k_float_mins(acc, isums, d, mins, xs, b, da):
+    """acc + d da (sum of isums) + mins . xs[8b:8b + 8], gemm.py's form: xs holds -da
+    times each chunk's activation sum, in float32, and the chunks' minimums dmin m
+    (mins), decoded once for a tile's tokens, meet it in one FMA (1.03-1.09x over the
+    int16 sums for 64-256 tokens)."""
+    acc = fma(acc, sum_i32x8(isums[0], isums[1]), d * da)
+    return fma(acc, mins, load_f32x8(xs, 8 * b))
+
+
+@_inline
 def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs, int_sums):
     """Q4_K / Q5_K from byte offsets of the fifth bits qh (-1: none) and nibbles qs:
     f16 d, f16 dmin, 12 B of 6-bit scales and mins; w = d sc q - dmin m per 32."""
-    u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
-    sc = bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0)
-    mn = bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0)
+    sc, mn = q45_scales(w, o)
     isums = (zero_sum(path), zero_sum(path))
     for j in (0, 4):
         isums = _chunks(path, isums, _q45_chunk(w, o, qh, qs, j), _q45_chunk(w, o, qh, qs, j + 1),
                         _q45_chunk(w, o, qh, qs, j + 2), _q45_chunk(w, o, qh, qs, j + 3),
                         xq, b, j, sc, _halves(j, 1))
     if not int_sums:
-        # gemm.py's form: xs holds -da times each chunk's activation sum, in float32, and
-        # the chunks' minimums dmin m, decoded once for a tile's tokens, meet it in one
-        # FMA (1.03-1.09x over the int16 sums for 64-256 tokens)
-        acc = fma(acc, sum_i32x8(isums[0], isums[1]), f16_at(w, o) * at(xd, b))
-        return fma(acc, fmul(low_i32(mn), f16_at(w, o + 2)), load_f32x8(xs, 8 * b))
+        return _k_float_mins(acc, isums, f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2)),
+                             xs, b, at(xd, b))
     return _k_total(path, acc, isums, f16_at(w, o), xs, b, spread_pairs(mn), -f16_at(w, o + 2),
                     at(xd, b))
+
+
+@_inline
+def q45_scales(w, o):
+    """Q4_K / Q5_K: the 8 six-bit scales and 8 minimums, in lanes 0-7 of two i16x16."""
+    u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
+    return (bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0),
+            bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0))
 
 
 @_inline
@@ -201,14 +214,20 @@ def _q5_k_fsums(path, acc, corr, w, o, xq, xd, xs, b):
 @_inline
 def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
     """128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d; w = d sc (q - 32)."""
-    sc = bytes_i16(u32_at(w, o + 192), u32_at(w, o + 196), u32_at(w, o + 200),
-                   u32_at(w, o + 204), 0)
+    sc = q6_scales(w, o)
     isums = (zero_sum(path), zero_sum(path))
     for j in (0, 4):
         isums = _chunks(path, isums, _q6_chunk(w, o, j), _q6_chunk(w, o, j + 1),
                         _q6_chunk(w, o, j + 2), _q6_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
     return _k_offset_total(path, acc, isums, f16_at(w, o + 208), xs, b, mul_i16(sc, -32),
                            at(xd, b)), corr
+
+
+@_inline
+def q6_scales(w, o):
+    """Q6_K: the 16 int8 scales, one per 16 weights."""
+    return bytes_i16(u32_at(w, o + 192), u32_at(w, o + 196), u32_at(w, o + 200),
+                     u32_at(w, o + 204), 0)
 
 
 @_inline
@@ -222,17 +241,23 @@ def _q6_chunk(w, o, j):
 def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
     """32 B high-bit mask, 64 B low 2 bits, 12 B of 6-bit scales, f16 d;
     w = d (sc - 32) (q - 4)."""
-    u0, u1, u2 = u32_at(w, o + 96), u32_at(w, o + 100), u32_at(w, o + 104)
-    sc = bytes_i16((u0 & _LOW4) | ((u2 & _LOW2) << 4),
-                   (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
-                   ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
-                   ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32)
+    sc = q3_scales(w, o)
     isums = (zero_sum(path), zero_sum(path))
     for j in (0, 4):
         isums = _chunks(path, isums, _q3_chunk(w, o, j), _q3_chunk(w, o, j + 1),
                         _q3_chunk(w, o, j + 2), _q3_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
     return _k_offset_total(path, acc, isums, f16_at(w, o + 108), xs, b, mul_i16(sc, -4),
                            at(xd, b)), corr
+
+
+@_inline
+def q3_scales(w, o):
+    """Q3_K: the 16 six-bit scales, one per 16 weights, less their offset 32."""
+    u0, u1, u2 = u32_at(w, o + 96), u32_at(w, o + 100), u32_at(w, o + 104)
+    return bytes_i16((u0 & _LOW4) | ((u2 & _LOW2) << 4),
+                     (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
+                     ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
+                     ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32)
 
 
 @_inline
@@ -244,16 +269,22 @@ def _q3_chunk(w, o, j):
 @_inline
 def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
     """16 B of 4-bit scale and min pairs, 64 B of 2-bit weights, f16 d, f16 dmin."""
-    u0, u1, u2, u3 = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
-    sc = bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0)
-    mn = bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
-                   (u3 >> 4) & _LOW4, 0)
+    sc, mn = q2_scales(w, o)
     isums = (zero_sum(path), zero_sum(path))
     for j in (0, 4):
         isums = _chunks(path, isums, _q2_chunk(w, o, j), _q2_chunk(w, o, j + 1),
                         _q2_chunk(w, o, j + 2), _q2_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
     return _k_total(path, acc, isums, f16_at(w, o + 80), xs, b, mn, -f16_at(w, o + 82),
                     at(xd, b)), corr
+
+
+@_inline
+def q2_scales(w, o):
+    """Q2_K: the 16 four-bit scales and 16 minimums, one each per 16 weights."""
+    u0, u1, u2, u3 = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
+    return (bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0),
+            bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
+                      (u3 >> 4) & _LOW4, 0))
 
 
 @_inline

@@ -2,7 +2,8 @@
 
 Vector types live in registers inside jitted code: u8x32 (32 bytes: weights as
 unsigned values, or int8 activations), i16x16 (scales), i32x8 (integer partial sums),
-f32x8 (float accumulators) and, on the VNNI path only, i32x16 (512-bit partial sums).
+f32x8 (float accumulators) and, on the VNNI path only, 512-bit i32x16 (partial sums),
+u8x64 (two chunks of weights) and i16x32 (their scales).
 Each intrinsic below emits a few lines of LLVM IR, inlined where it is called;
 `dpbusd`, `dot_i8`, `dpwssd`, `scaled_quad` and `zero_sum` depend on the instruction
 set, chosen by a path name that must be a compile-time string literal ("vnni" or
@@ -42,8 +43,8 @@ class _VecModel(models.PrimitiveModel):
 u8x32 = Vec("i8", 32)
 i16x16 = Vec("i16", 16)
 i32x8 = Vec("i32", 8)
-i32x16 = Vec("i32", 16)  # vnni only: 512 bits
 f32x8 = Vec("f32", 8)
+u8x64, i32x16, f32x16 = Vec("i8", 64), Vec("i32", 16), Vec("f32", 16)  # vnni only: 512 bits
 _V8, _V16, _V32, _VF = (ir.VectorType(t, n) for t, n in
                         ((_I8, 32), (_I16, 16), (_I32, 8), (_F32, 8)))
 _V512, _W512 = ir.VectorType(_I32, 16), ir.VectorType(_I16, 32)
@@ -177,9 +178,9 @@ def shr_and(typingctx, v, shift, mask):
 def or_shl(typingctx, a, b, shift):
     """a | (b << shift) in every byte."""
     def codegen(context, builder, sig, args):
-        shift = _splat(builder, builder.trunc(args[2], _I8), _V8)
+        shift = _splat(builder, builder.trunc(args[2], _I8), args[0].type)
         return builder.or_(args[0], builder.shl(args[1], shift))
-    return u8x32(a, b, shift), codegen
+    return a(a, b, shift), codegen
 
 
 def _dpbusd(builder, path, acc, u, s):
@@ -234,32 +235,43 @@ dpwssd = _path_op(_dpwssd)
 dot_i8 = _path_op(_dot_i8)
 
 
+def _packed_dot(builder, acc, qs, xs, scales):
+    """acc (i32x16) + two 512-bit u8 x s8 dot products (weights qs, activations xs: two
+    64-byte vectors each), 16-weight half k scaled by int16 scales[_HALF_OF_LANE[k]].
+
+    The dot products give int32 lanes, 4 per half; each sum (|sum| <= 4 * 63 * 127)
+    fits in int16, so both pack into one vector (packssdw interleaves by 128 bits) for
+    one multiply-add with the scales: three 512-bit multiplies per 128 weights where
+    256-bit pair sums take eight 256-bit."""
+    sums = [_call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
+                  [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
+                   builder.bitcast(x, _V512)]) for q, x in zip(qs, xs)]
+    packed = _call(builder, "llvm.x86.avx512.packssdw.512", _W512, sums)
+    return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V512,
+                 [acc, builder.bitcast(packed, _V512), builder.bitcast(scales, _V512)])
+
+
+# The half of the 128 weights whose packed sum int16 lane k of _packed_dot holds:
+# 128-bit lane L has 4 sums of half L, then 4 of half 4 + L.
+_HALF_OF_LANE = [lane // 8 + 4 * (lane % 8 // 4) for lane in range(32)]
+
+
 def _scaled_quad(builder, path, acc, sc, halves, qs, x):
     """acc + the dot products of the 32-weight chunks qs (4) with the 128 bytes x, each
     16-weight half scaled by its int16 scale sc[halves[k]] (k: chunk 0's halves, ...)."""
     picked = [builder.extract_element(sc, builder.trunc(builder.extract_value(halves, k), _I32))
               for k in range(8)]
     if path == "vnni":
-        # Two 512-bit u8 x s8 dot products into int32 lanes, 4 per half; each sum
-        # (|sum| <= 4 * 63 * 127) fits in int16, so both pack into one vector (packssdw
-        # interleaves by 128 bits) for one multiply-add with the scales: three
-        # 512-bit multiplies per 128 weights where 256-bit pair sums take eight 256-bit.
-        halves_of = []
-        for pair in range(2):
-            q = builder.shuffle_vector(qs[2 * pair], qs[2 * pair + 1],
-                                       _consts(ir.VectorType(_I32, 64), range(64)))
-            xp = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 64),
-                                                      range(64 * pair, 64 * pair + 64)))
-            halves_of.append(_call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
-                                   [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
-                                    builder.bitcast(xp, _V512)]))
-        p = _call(builder, "llvm.x86.avx512.packssdw.512", _W512, halves_of)
+        q = [builder.shuffle_vector(qs[2 * pair], qs[2 * pair + 1],
+                                    _consts(ir.VectorType(_I32, 64), range(64)))
+             for pair in range(2)]
+        xp = [builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 64),
+                                                   range(64 * pair, 64 * pair + 64)))
+              for pair in range(2)]
         scales = ir.Constant(_W512, ir.Undefined)
-        for lane in range(32):  # 128-bit lane L: 4 sums of half L, then 4 of half 4 + L
-            scales = builder.insert_element(scales, picked[lane // 8 + 4 * (lane % 8 // 4)],
-                                            _I32(lane))
-        return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V512,
-                     [acc, builder.bitcast(p, _V512), builder.bitcast(scales, _V512)])
+        for lane, half in enumerate(_HALF_OF_LANE):
+            scales = builder.insert_element(scales, picked[half], _I32(lane))
+        return _packed_dot(builder, acc, q, xp, scales)
     for k, q in enumerate(qs):
         xk = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32),
                                                   range(32 * k, 32 * k + 32)))
@@ -447,3 +459,55 @@ def hsum(typingctx, v):
             v = builder.fadd(v, upper)
         return builder.extract_element(v, _I32(0))
     return types.float32(v), codegen
+
+
+# --- 512-bit pieces of the K-quant GEMM (vnni only) -----------------------------------
+
+i16x32 = Vec("i16", 32)
+
+
+@intrinsic
+def bits_u8x64(typingctx, arr, o0, o1, s0, s1, mask):
+    """Two chunks of 32 weights, (byte >> s0) & mask of the 32 bytes at o0, then
+    (byte >> s1) & mask of those at o1 (mask < 1 << (8 - shift): the shifts are 16-bit,
+    the mask drops what crosses bytes)."""
+    def codegen(context, builder, sig, args):
+        v64, w32 = ir.VectorType(_I8, 64), ir.VectorType(_I16, 32)
+        lo, hi = (builder.load(_at(context, builder, sig.args[0], args[0], o, _V8), align=1)
+                  for o in args[1:3])
+        both = builder.bitcast(builder.shuffle_vector(
+            lo, hi, _consts(ir.VectorType(_I32, 64), range(64))), w32)
+        shifts = ir.Constant(w32, ir.Undefined)
+        for lane in range(32):
+            shifts = builder.insert_element(
+                shifts, builder.trunc(args[3 + lane // 16], _I16), _I32(lane))
+        words = builder.bitcast(builder.lshr(both, shifts), v64)
+        return builder.and_(words, _splat(builder, builder.trunc(args[5], _I8), v64))
+    return u8x64(arr, o0, o1, s0, s1, mask), codegen
+
+
+@intrinsic
+def group_scales(typingctx, sc, first):
+    """The int16 scales of 16-weight groups first..first + 7 (sc: i16x16, one per
+    group) in the lanes of _packed_dot, for scaled_pairs."""
+    def codegen(context, builder, sig, args):
+        base = builder.trunc(args[1], _I32)
+        out = ir.Constant(_W512, ir.Undefined)
+        for lane, half in enumerate(_HALF_OF_LANE):
+            g = builder.add(base, _I32(half))
+            out = builder.insert_element(out, builder.extract_element(args[0], g), _I32(lane))
+        return out
+    return i16x32(sc, first), codegen
+
+
+@intrinsic
+def scaled_pairs(typingctx, acc, p0, p1, arr, offset, scales):
+    """acc + the four 32-weight chunks of p0 and p1 (u8x64) dotted with the 128 int8
+    activations at `offset` of arr, each 16-weight group scaled by group_scales."""
+    def codegen(context, builder, sig, args):
+        acc, p0, p1, arr, offset, scales = args
+        xs = [builder.load(_at(context, builder, sig.args[3], arr,
+                               builder.add(offset, offset.type(64 * k)), _V512), align=1)
+              for k in range(2)]
+        return _packed_dot(builder, acc, (p0, p1), xs, scales)
+    return i32x16(acc, p0, p1, arr, offset, scales), codegen
