@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .ggml_types import BLOCK_SIZES, GGMLType
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -38,7 +39,7 @@ _STRING, _ARRAY = 8, 9
 class TensorInfo:
     name: str
     shape: tuple[int, ...]  # numpy order: outermost first, ne0 (the row) last
-    qtype: GGMLQuantizationType
+    qtype: GGMLType
     offset: int  # absolute offset in the file
     nbytes: int
 
@@ -180,8 +181,8 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, code, rel in raw:
             try:
-                qtype = GGMLQuantizationType(code)
-                block, bsize = GGML_QUANT_SIZES[qtype]
+                qtype = GGMLType(code)
+                block, bsize = BLOCK_SIZES[qtype]
             except (ValueError, KeyError):
                 raise GGUFError(f"tensor {name!r} has unknown type code {code}") from None
             n = int(np.prod(dims, dtype=np.uint64)) if dims else 1
@@ -200,7 +201,7 @@ class GGUFFile:
     def tensor_data(self, name: str) -> np.ndarray:
         """The raw bytes of a tensor as a read-only uint8 view of shape (..., row_bytes)."""
         t = self.tensors[name]
-        block, bsize = GGML_QUANT_SIZES[t.qtype]
+        block, bsize = BLOCK_SIZES[t.qtype]
         shape = t.shape[:-1] + (t.shape[-1] // block * bsize,) if t.shape else (bsize,)
         return np.frombuffer(self._buf, np.uint8, t.nbytes, t.offset).reshape(shape)
 

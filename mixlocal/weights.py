@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
 
 from .config import ModelConfig
+from .ggml_types import GGMLType as QT
 from .gguf_file import GGUFError, GGUFFile
 from .quant import SUPPORTED, QTensor
 

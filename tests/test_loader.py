@@ -112,3 +112,26 @@ def test_opening_copies_no_weights(smollm2_path):
     assert not any(m.data.flags.writeable for m in matrices)
     # What does grow is the parsed metadata: 49k vocabulary strings and merges (~10 MB).
     assert grown < 0.2 * size, f"opening grew RSS by {grown / 1e6:.1f} MB of {size / 1e6:.0f}"
+
+
+def test_type_table_matches_gguf_py():
+    """mixlocal's copy of GGML's type numbers and block sizes (kept so that a start
+    need not import gguf-py) agrees with gguf-py's, type by type."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    from mixlocal.ggml_types import BLOCK_SIZES, GGMLType
+    theirs = {q.value: q for q in QT}
+    assert len(theirs) >= 30
+    for t in GGMLType:
+        if t.value in theirs:  # an older gguf-py lacks the newest types
+            assert theirs[t.value].name == t.name
+            assert BLOCK_SIZES[t] == GGML_QUANT_SIZES[theirs[t.value]], t.name
+
+
+def test_starting_does_not_import_gguf_py():
+    """`import gguf` costs a start about 0.4 s: the CLI and the model stay clear of it."""
+    import subprocess
+    import sys
+    code = "import sys, mixlocal.cli.app, mixlocal.model; print('gguf' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

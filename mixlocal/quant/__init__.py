@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
 
+from ..ggml_types import GGMLType as QT
 from .dequant import dequant_rows, gather_rows
 from .formats import SUPPORTED, block_size, row_bytes, type_size
 from .cpu import kernel_path

@@ -10,11 +10,11 @@ the same order, so results match it bit for bit.
 from __future__ import annotations
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ..ggml_types import GGMLType as QT
 # Type numbers as plain ints: Numba freezes these globals into the kernels.
 F32, F16, BF16 = int(QT.F32), int(QT.F16), int(QT.BF16)
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(QT.Q4_0), int(QT.Q4_1), int(QT.Q5_0),

@@ -1,6 +1,6 @@
 """The block formats mixlocal reads: sizes, and which types are supported."""
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+from ..ggml_types import BLOCK_SIZES, GGMLType as QT
 
 # Every type that popular Mixtral/Mistral/Llama downloads use.
 SUPPORTED = frozenset({
@@ -11,12 +11,12 @@ SUPPORTED = frozenset({
 
 def block_size(qtype: QT) -> int:
     """Weights per block."""
-    return GGML_QUANT_SIZES[qtype][0]
+    return BLOCK_SIZES[qtype][0]
 
 
 def type_size(qtype: QT) -> int:
     """Bytes per block."""
-    return GGML_QUANT_SIZES[qtype][1]
+    return BLOCK_SIZES[qtype][1]
 
 
 def row_bytes(qtype: QT, n: int) -> int:

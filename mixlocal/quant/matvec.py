@@ -22,10 +22,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..ggml_types import GGMLType as QT
 from .formats import type_size
 from .q8 import Q8, quantize_q8_0, quantize_q8_k
 from .simd import (at, bit_bytes, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at, f16_times, fadd,
