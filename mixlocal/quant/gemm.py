@@ -349,7 +349,8 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if padded > n:
         x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
     # one call for all tokens: blocks never straddle two of them
-    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
+    xq, xd, xs = (part.reshape(padded, -1)
+                  for part in _QUANTIZE[qtype](x.reshape(-1), parallel=True))
     if BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
