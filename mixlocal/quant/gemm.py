@@ -5,14 +5,15 @@ kernels then walk tiles of weight rows by tokens block by block, so the weights 
 read from memory once per product and the work is compute-bound. Tile shapes, as
 measured here: 4 rows x 4 tokens for the 32-weight formats, whose blocks are cheap to
 decode; 1 row x 8 tokens for the K-quants, whose super-blocks are worth decoding once
-for more tokens (1.3x over 4 x 4). For a MoE expert's share of a prompt (tens of
-tokens) this beats dequantizing to float for BLAS by 2-3x.
+for more tokens (1.3x over 4 x 4), and 1 row x 16 on AVX512-VNNI. For a MoE expert's
+share of a prompt (tens of tokens) this beats dequantizing to float for BLAS by 2-3x.
 
 The 32-weight formats (and the K-quants on AVX2) call matvec's block functions once
 per (row, token): inlined, they share each weight block's decoding across the tokens
-and each activation block's loads across the rows. The K-quants on AVX512-VNNI decode
-each super-block once per tile into 512-bit registers (`_decode`), and read the
-activations tile by tile in order (`_tiled`).
+and each activation block's loads across the rows. On AVX512-VNNI the K-quants (and
+Q8_0, eight blocks at a time) decode each 256-weight super-block once per tile into
+512-bit registers (`_decode`), and read the activations tile by tile in order
+(`_tiled`).
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def _kernel_1x8(fmt: str, path: str):
 # A super-block becomes four u8x64 pairs of 32-weight chunks, its sixteen 16-weight
 # groups' int16 scales laid out for simd.scaled_pairs, and what its total needs (d,
 # minimums or offsets: `tail`). Each token then costs four 512-bit dot products and two
-# int16 multiply-adds, and its total matvec's 256-bit float32 tail (on Zen 4 a 512-bit
-# multiply or FMA takes the pipes twice as long as a 256-bit one).
+# int16 multiply-adds, then matvec's float32 total on 256 bits (a 512-bit FMA costs
+# Zen 4 as much as two 256-bit ones).
 
 @_inline
 def _superblock(pairs, sc, tail):
@@ -287,12 +288,12 @@ def _token_impl(fmt, acc, sb, xq, xd, xs, tb):
 
 
 @_inline
-def _quad(fmt, acc, sb, xq, xd, xs, tb, stride):
-    """_token for the four flat activation blocks tb + k stride."""
+def _quad(fmt, acc, sb, xq, xd, xs, tb):
+    """_token for the four flat activation blocks tb..tb + 3."""
     return (_token(fmt, acc[0], sb, xq, xd, xs, tb),
-            _token(fmt, acc[1], sb, xq, xd, xs, tb + stride),
-            _token(fmt, acc[2], sb, xq, xd, xs, tb + 2 * stride),
-            _token(fmt, acc[3], sb, xq, xd, xs, tb + 3 * stride))
+            _token(fmt, acc[1], sb, xq, xd, xs, tb + 1),
+            _token(fmt, acc[2], sb, xq, xd, xs, tb + 2),
+            _token(fmt, acc[3], sb, xq, xd, xs, tb + 3))
 
 
 @_inline
@@ -313,10 +314,10 @@ def _row_by16(fmt, w, o, step, nb, xq, xd, xs, tb):
     acc0 = acc1 = acc2 = acc3 = _zero_quad()
     for b in range(nb):
         sb = _decode(fmt, w, o + b * step)
-        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b, 1)
-        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4, 1)
-        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8, 1)
-        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12, 1)
+        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b)
+        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4)
+        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8)
+        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12)
     return acc0, acc1, acc2, acc3
 
 
@@ -325,7 +326,7 @@ def _row_by4(fmt, w, o, step, nb, xq, xd, xs, tb):
     """As _row_by16 for a tile of 4 tokens: one quad."""
     acc = _zero_quad()
     for b in range(nb):
-        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b, 1)
+        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b)
     return acc
 
 
