@@ -41,6 +41,21 @@ def test_gemm_against_matvec_and_float64(qtype, path):
                                        atol=1e-5 * np.abs(y_vec).max())
 
 
+@pytest.mark.skipif("vnni" not in SIMD_PATHS, reason="this CPU lacks AVX512-VNNI")
+def test_q8_0_in_super_blocks():
+    """On VNNI, Q8_0 rows of whole 256-weight groups take the tiled kernel (eight blocks
+    at a time); held to the same bounds as above."""
+    rng = np.random.default_rng(10)
+    for rows, n, cols in ((3, 21, 256), (10, 4, 768)):
+        blocks, W = _weights(QT.Q8_0, rows, cols, n)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        y = matmul_q8("vnni", QT.Q8_0, blocks, x)
+        for t in range(n):
+            _check(y[t], W, x[t], QT.Q8_0)
+            y_vec = matvec_blocks("vnni", QT.Q8_0, blocks, x[t])
+            np.testing.assert_allclose(y[t], y_vec, rtol=1e-5, atol=1e-5 * np.abs(y_vec).max())
+
+
 @pytest.mark.parametrize("path", SIMD_PATHS + ["plain"])
 def test_quant_matmul_dispatch(path, monkeypatch):
     """Quantized weights take the 8-bit kernel on SIMD paths; float weights and the

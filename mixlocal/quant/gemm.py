@@ -5,14 +5,15 @@ kernels then walk tiles of weight rows by tokens block by block, so the weights 
 read from memory once per product and the work is compute-bound. Tile shapes, as
 measured here: 4 rows x 4 tokens for the 32-weight formats, whose blocks are cheap to
 decode; 1 row x 8 tokens for the K-quants, whose super-blocks are worth decoding once
-for more tokens (1.3x over 4 x 4). For a MoE expert's share of a prompt (tens of
-tokens) this beats dequantizing to float for BLAS by 2-3x.
+for more tokens (1.3x over 4 x 4), and 1 row x 16 on AVX512-VNNI. For a MoE expert's
+share of a prompt (tens of tokens) this beats dequantizing to float for BLAS by 2-3x.
 
 The 32-weight formats (and the K-quants on AVX2) call matvec's block functions once
 per (row, token): inlined, they share each weight block's decoding across the tokens
-and each activation block's loads across the rows. The K-quants on AVX512-VNNI decode
-each super-block once per tile into 512-bit registers (`_decode`), and read the
-activations tile by tile in order (`_tiled`).
+and each activation block's loads across the rows. On AVX512-VNNI the K-quants (and
+Q8_0, eight blocks at a time) decode each 256-weight super-block once per tile into
+512-bit registers (`_decode`), and read the activations tile by tile in order
+(`_tiled`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from numba.extending import overload
 
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, q2_scales, q3_scales, q6_scales, q45_scales)
-from .simd import (at, bits_u8x64, f16_at, fmul, group_scales, hsum, low_i32, mul_i16, or_shl,
-                   scaled_pairs, spread_pairs, zero_sum, zeros_f32)
+from .simd import (at, bits_u8x64, block_dots, f16_at, f16x8_at, fma, fmul, group_scales, hsum,
+                   load_f32x8, low_i32, mul_i16, or_shl, plus_128, scaled_pairs, spread_pairs,
+                   zero_sum, zeros_f32)
 
 CHUNK_BYTES = 256 << 10  # 8-bit activations per kernel call
 TOKENS = 4  # tokens per step of a tile; X is padded with zero rows to a multiple of it
@@ -121,8 +123,8 @@ def _kernel_1x8(fmt: str, path: str):
 # A super-block becomes four u8x64 pairs of 32-weight chunks, its sixteen 16-weight
 # groups' int16 scales laid out for simd.scaled_pairs, and what its total needs (d,
 # minimums or offsets: `tail`). Each token then costs four 512-bit dot products and two
-# int16 multiply-adds, and its total matvec's 256-bit float32 tail (on Zen 4 a 512-bit
-# multiply or FMA takes the pipes twice as long as a 256-bit one).
+# int16 multiply-adds, then matvec's float32 total on 256 bits (a 512-bit FMA costs
+# Zen 4 as much as two 256-bit ones).
 
 @_inline
 def _superblock(pairs, sc, tail):
@@ -152,8 +154,18 @@ def _q45_sb(w, o, qh, qs):
 
 
 @_inline
-def _q45_total(acc, isums, tail, xd, xs, b):
-    return _k_float_mins(acc, isums, tail[0], tail[1], xs, b, at(xd, b))
+def _k_sums(sb, xq, tb):
+    """A decoded K-quant super-block's integer sums against the activations of flat
+    block tb (as matvec's isums)."""
+    (q0, q1, q2, q3), low, high, _ = sb
+    isum = scaled_pairs(zero_sum("vnni"), q0, q1, xq, 256 * tb, low)
+    return scaled_pairs(isum, q2, q3, xq, 256 * tb + 128, high), zero_sum("vnni")
+
+
+@_inline
+def _q45_token(acc, sb, xq, xd, xs, tb):
+    d, mins = sb[3]
+    return _k_float_mins(acc, _k_sums(sb, xq, tb), d, mins, xs, tb, at(xd, tb))
 
 
 @_inline
@@ -183,8 +195,9 @@ def _q6_pair(w, o, k):
 
 
 @_inline
-def _offset_total(acc, isums, tail, xd, xs, b):
-    return _k_offset_total("vnni", acc, isums, tail[0], xs, b, tail[1], at(xd, b))
+def _offset_token(acc, sb, xq, xd, xs, tb):
+    d, per16 = sb[3]
+    return _k_offset_total("vnni", acc, _k_sums(sb, xq, tb), d, xs, tb, per16, at(xd, tb))
 
 
 @_inline
@@ -218,22 +231,44 @@ def _q2_pair(w, o, k):
 
 
 @_inline
-def _q2_total(acc, isums, tail, xd, xs, b):
-    return _k_total("vnni", acc, isums, tail[0], xs, b, tail[1], tail[2], at(xd, b))
+def _q2_token(acc, sb, xq, xd, xs, tb):
+    d, mn, d16 = sb[3]
+    return _k_total("vnni", acc, _k_sums(sb, xq, tb), d, xs, tb, mn, d16, at(xd, tb))
 
 
-# format -> (decoder, total): the total adds a super-block's integer sums, scaled, to acc
-_SUPERBLOCKS = {"q2_k": (_q2_k_sb, _q2_total), "q3_k": (_q3_k_sb, _offset_total),
-                "q4_k": (_q4_k_sb, _q45_total), "q5_k": (_q5_k_sb, _q45_total),
-                "q6_k": (_q6_k_sb, _offset_total)}
+@_inline
+def _q8_0_sb(w, o):
+    """Eight Q8_0 blocks (f16 d, 32 int8) as one 256-weight super-block: the weights
+    plus 128, unsigned for the dot products, and the eight d."""
+    pairs = (plus_128(bits_u8x64(w, o + 2, o + 36, 0, 0, 255)),
+             plus_128(bits_u8x64(w, o + 70, o + 104, 0, 0, 255)),
+             plus_128(bits_u8x64(w, o + 138, o + 172, 0, 0, 255)),
+             plus_128(bits_u8x64(w, o + 206, o + 240, 0, 0, 255)))
+    return pairs, f16x8_at(w, o, 34)
+
+
+@_inline
+def _q8_0_token(acc, sb, xq, xd, xs, tb):
+    """(w + 128) . x per block, then the 128 sum(x) back off: xs holds -128 da sum(x)
+    per block, in float32."""
+    (q0, q1, q2, q3), d = sb
+    acc = block_dots(acc, q0, q1, q2, q3, xq, 256 * tb, d, xd, 8 * tb)
+    return fma(acc, d, load_f32x8(xs, 8 * tb))
+
+
+# format -> (decoder, token): the token function adds a decoded super-block times one
+# token's activations to an f32x8 accumulator
+_SUPERBLOCKS = {"q2_k": (_q2_k_sb, _q2_token), "q3_k": (_q3_k_sb, _offset_token),
+                "q4_k": (_q4_k_sb, _q45_token), "q5_k": (_q5_k_sb, _q45_token),
+                "q6_k": (_q6_k_sb, _offset_token), "q8_0": (_q8_0_sb, _q8_0_token)}
 
 
 def _decode(fmt, w, o):
     """The super-block at byte o of w, decoded (fmt: a _SUPERBLOCKS name, literal)."""
 
 
-def _total(fmt, acc, isums, tail, xd, xs, b):
-    """acc + a super-block's integer sums against activation block b, scaled."""
+def _token(fmt, acc, sb, xq, xd, xs, tb):
+    """acc + a decoded super-block times the activations of flat block tb."""
 
 
 @overload(_decode, prefer_literal=True, jit_options={"forceinline": True})
@@ -244,30 +279,21 @@ def _decode_impl(fmt, w, o):
     return None
 
 
-@overload(_total, prefer_literal=True, jit_options={"forceinline": True})
-def _total_impl(fmt, acc, isums, tail, xd, xs, b):
+@overload(_token, prefer_literal=True, jit_options={"forceinline": True})
+def _token_impl(fmt, acc, sb, xq, xd, xs, tb):
     if isinstance(fmt, types.StringLiteral):
         fn = _SUPERBLOCKS[fmt.literal_value][1]
-        return lambda fmt, acc, isums, tail, xd, xs, b: fn(acc, isums, tail, xd, xs, b)
+        return lambda fmt, acc, sb, xq, xd, xs, tb: fn(acc, sb, xq, xd, xs, tb)
     return None
 
 
 @_inline
-def _token(fmt, acc, sb, xq, xd, xs, tb):
-    """acc + a decoded super-block times the activations of flat block tb."""
-    (q0, q1, q2, q3), low, high, tail = sb
-    isum = scaled_pairs(zero_sum("vnni"), q0, q1, xq, 256 * tb, low)
-    isum = scaled_pairs(isum, q2, q3, xq, 256 * tb + 128, high)
-    return _total(fmt, acc, (isum, zero_sum("vnni")), tail, xd, xs, tb)
-
-
-@_inline
-def _quad(fmt, acc, sb, xq, xd, xs, tb, stride):
-    """_token for the four flat activation blocks tb + k stride."""
+def _quad(fmt, acc, sb, xq, xd, xs, tb):
+    """_token for the four flat activation blocks tb..tb + 3."""
     return (_token(fmt, acc[0], sb, xq, xd, xs, tb),
-            _token(fmt, acc[1], sb, xq, xd, xs, tb + stride),
-            _token(fmt, acc[2], sb, xq, xd, xs, tb + 2 * stride),
-            _token(fmt, acc[3], sb, xq, xd, xs, tb + 3 * stride))
+            _token(fmt, acc[1], sb, xq, xd, xs, tb + 1),
+            _token(fmt, acc[2], sb, xq, xd, xs, tb + 2),
+            _token(fmt, acc[3], sb, xq, xd, xs, tb + 3))
 
 
 @_inline
@@ -288,10 +314,10 @@ def _row_by16(fmt, w, o, step, nb, xq, xd, xs, tb):
     acc0 = acc1 = acc2 = acc3 = _zero_quad()
     for b in range(nb):
         sb = _decode(fmt, w, o + b * step)
-        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b, 1)
-        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4, 1)
-        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8, 1)
-        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12, 1)
+        acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b)
+        acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4)
+        acc2 = _quad(fmt, acc2, sb, xq, xd, xs, tb + 16 * b + 8)
+        acc3 = _quad(fmt, acc3, sb, xq, xd, xs, tb + 16 * b + 12)
     return acc0, acc1, acc2, acc3
 
 
@@ -300,7 +326,7 @@ def _row_by4(fmt, w, o, step, nb, xq, xd, xs, tb):
     """As _row_by16 for a tile of 4 tokens: one quad."""
     acc = _zero_quad()
     for b in range(nb):
-        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b, 1)
+        acc = _quad(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + 4 * b)
     return acc
 
 
@@ -313,7 +339,7 @@ def _kernel_k(fmt: str):
         """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_tiled);
         rows split across threads."""
         n = len(y)
-        nb = xd.size // n
+        nb = xq.size // n // 256  # super-blocks per token
         step = w.shape[1] // nb
         full = n // TILE * TILE
         for r in prange(w.shape[0]):
@@ -332,10 +358,16 @@ def kernels(path: str) -> dict:
 
     Compiles lazily, per type on first use; call only with a path this CPU has.
     """
-    return {qtype: _kernel_k(name) if path == "vnni" and name in _SUPERBLOCKS else
-            (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(
+    return {qtype: (_kernel_1x8 if name.endswith("_k") else _kernel_4x4)(
                 name + "_fsums" if name in FLOAT_SUMS else name, path)
             for name, (qtype, _, _) in FORMATS.items()}
+
+
+@cache
+def tile_kernels() -> dict:
+    """{GGUF type: kernel(w, xq, xd, xs, y)} on AVX512-VNNI for rows of whole 256-weight
+    super-blocks, activations in tiles (_tiled)."""
+    return {FORMATS[name][0]: _kernel_k(name) for name in _SUPERBLOCKS}
 
 
 def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -349,21 +381,24 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if padded > n:
         x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
     # one call for all tokens: blocks never straddle two of them
-    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
-    if BY_QTYPE[qtype] in FLOAT_SUMS:
+    xq, xd, xs = (part.reshape(padded, -1)
+                  for part in _QUANTIZE[qtype](x.reshape(-1), parallel=True))
+    tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS and x.shape[1] % 256 == 0
+    if tiled and BY_QTYPE[qtype] == "q8_0":
+        xs = -128 * xd * xs  # see _q8_0_token
+    elif BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
         xs = (xs.reshape(padded, -1, 8, 2).sum(-1, dtype=np.float32)
               * -xd[:, :, None]).reshape(padded, -1)
     y = np.empty((padded, w.shape[0]), np.float32)
-    kernel = kernels(path)[qtype]
-    tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS
+    kernel = (tile_kernels() if tiled else kernels(path))[qtype]
     # Tokens in chunks whose activations stay in L2 while every row passes over them.
     chunk = max(TILE, CHUNK_BYTES // xq.shape[1] // TILE * TILE)
     for t in range(0, padded, chunk):
         part = xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk]
         if tiled:
-            part = [_tiled(a, xd.shape[1]) for a in part]
+            part = [_tiled(a, xq.shape[1] // 256) for a in part]
         kernel(w, *part, y[t:t + chunk])
     return y[:n]
 

@@ -511,3 +511,52 @@ def scaled_pairs(typingctx, acc, p0, p1, arr, offset, scales):
               for k in range(2)]
         return _packed_dot(builder, acc, (p0, p1), xs, scales)
     return i32x16(acc, p0, p1, arr, offset, scales), codegen
+
+
+@intrinsic
+def plus_128(typingctx, v):
+    """int8 bytes plus 128, as unsigned bytes (u8x64): the operand VNNI wants unsigned."""
+    def codegen(context, builder, sig, args):
+        return builder.xor(args[0], ir.Constant(args[0].type, [0x80] * 64))
+    return u8x64(v), codegen
+
+
+@intrinsic
+def f16x8_at(typingctx, arr, offset, stride):
+    """The IEEE halves at bytes offset + stride j (j < 8) of a uint8 array, as f32x8."""
+    def codegen(context, builder, sig, args):
+        halves = ir.Constant(ir.VectorType(_I16, 8), ir.Undefined)
+        for j in range(8):
+            at_j = builder.add(args[1], builder.mul(args[2], args[2].type(j)))
+            h = builder.load(_at(context, builder, sig.args[0], args[0], at_j, _I16), align=1)
+            halves = builder.insert_element(halves, h, _I32(j))
+        return builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), 8)), _VF)
+    return f32x8(arr, offset, stride), codegen
+
+
+@intrinsic
+def block_dots(typingctx, acc, q0, q1, q2, q3, arr, offset, d, xd, i):
+    """acc + the eight 32-byte blocks of q0..q3 (u8x64, two blocks each) dotted with the
+    256 int8 activations at `offset` of arr, block j scaled by d[j] xd[i + j] (d: f32x8,
+    xd: a float32 array): 512-bit dot products, their int32 lanes scaled in float."""
+    def codegen(context, builder, sig, args):
+        acc, *qs = args[:5]
+        arr, offset, d, xd, i = args[5:]
+        v16 = ir.VectorType(_F32, 16)
+        scales = builder.fmul(d, builder.load(_at(context, builder, sig.args[8], xd, i, _VF),
+                                              align=4))
+        total = None
+        for k, q in enumerate(qs):
+            x = builder.load(_at(context, builder, sig.args[5], arr,
+                                 builder.add(offset, offset.type(64 * k)), _V512), align=1)
+            p = _call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
+                      [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512), x])
+            sc = builder.shuffle_vector(scales, scales,
+                                        _consts(_V512, [2 * k] * 8 + [2 * k + 1] * 8))
+            f = builder.sitofp(p, v16)
+            total = builder.fmul(f, sc) if total is None else _call(
+                builder, "llvm.fma.v16f32", v16, [f, sc, total])
+        halves = [builder.shuffle_vector(total, total, _consts(_V32, range(h, h + 8)))
+                  for h in (0, 8)]
+        return builder.fadd(acc, builder.fadd(*halves))
+    return f32x8(acc, q0, q1, q2, q3, arr, offset, d, xd, i), codegen
