@@ -406,9 +406,17 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _tiled(a: np.ndarray, nb: int) -> np.ndarray:
     """(tokens, nb * k) -> the same values tile by tile (TILE tokens a tile, then 4),
     each tile block by block with its tokens side by side: one row's pass reads them in
-    order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
+    order (token rows 2^k bytes apart would also meet in the same L1 sets). Aligned to
+    64 bytes: the kernel's 512-bit loads then never straddle two cache lines."""
     full = len(a) // TILE * TILE
     starts = [(t, TILE) for t in range(0, full, TILE)]
     starts += [(t, TOKENS) for t in range(full, len(a), TOKENS)]
     return np.concatenate([a[t:t + size].reshape(size, nb, -1).transpose(1, 0, 2).reshape(-1)
-                           for t, size in starts])
+                           for t, size in starts], out=_aligned(a.size, a.dtype))
+
+
+def _aligned(size: int, dtype) -> np.ndarray:
+    """An empty 1-D array whose data starts on a 64-byte boundary."""
+    raw = np.empty(size * np.dtype(dtype).itemsize + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + size * np.dtype(dtype).itemsize].view(dtype)

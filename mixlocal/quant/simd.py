@@ -461,7 +461,7 @@ def hsum(typingctx, v):
     return types.float32(v), codegen
 
 
-# --- 512-bit pieces of the K-quant GEMM (vnni only) -----------------------------------
+# --- 512-bit pieces of gemm.py's tile kernels (vnni only) -----------------------------
 
 i16x32 = Vec("i16", 32)
 
