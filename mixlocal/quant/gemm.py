@@ -381,8 +381,7 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if padded > n:
         x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
     # one call for all tokens: blocks never straddle two of them
-    xq, xd, xs = (part.reshape(padded, -1)
-                  for part in _QUANTIZE[qtype](x.reshape(-1), parallel=True))
+    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
     tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS and x.shape[1] % 256 == 0
     if tiled and BY_QTYPE[qtype] == "q8_0":
         xs = -128 * xd * xs  # see _q8_0_token

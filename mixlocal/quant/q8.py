@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 class Q8(NamedTuple):
@@ -27,53 +27,29 @@ class Q8(NamedTuple):
         return (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
 
 
-@njit(cache=True, forceinline=True)
-def _quantize_block(x, q, d, s, b, block, sum_len):
-    """Block b of x into q, d and s."""
-    amax = np.float32(0.0)
-    for i in range(b * block, (b + 1) * block):
-        amax = max(amax, abs(x[i]))
-    scale = amax / np.float32(127.0)
-    inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-    d[b] = scale
-    for g in range(b * block // sum_len, (b + 1) * block // sum_len):
-        total = 0  # a local sum, not s[g]: 1.6x faster
-        for i in range(g * sum_len, (g + 1) * sum_len):
-            v = np.int8(np.rint(x[i] * inv))
-            q[i] = v
-            total += v
-        s[g] = total
-
-
-@njit(cache=True, forceinline=True)
-def _empty(x, block, sum_len):
-    """The output arrays, allocated in jitted code: Numba aligns them to 64 bytes (numpy's
-    large arrays sit 16 bytes past a page, which splits vector loads across cache lines:
-    matvec 1.1x slower)."""
-    return (np.empty(x.size, np.int8), np.empty(x.size // block, np.float32),
-            np.empty(x.size // sum_len, np.int16))  # |sum| <= 32 * 127
-
-
 @njit(cache=True)
-def _quantize_serial(x, block, sum_len):
-    q, d, s = _empty(x, block, sum_len)
-    for b in range(d.size):
-        _quantize_block(x, q, d, s, b, block, sum_len)
+def _quantize(x, block, sum_len):
+    # allocated here: Numba aligns arrays to 32 bytes, where numpy's large ones sit 16
+    # bytes past a page and split vector loads across cache lines (matvec 1.1x slower)
+    n = x.size
+    q = np.empty(n, np.int8)
+    d = np.empty(n // block, np.float32)
+    s = np.empty(n // sum_len, np.int16)  # |sum| <= 32 * 127
+    for b in range(n // block):
+        amax = np.float32(0.0)
+        for i in range(b * block, (b + 1) * block):
+            amax = max(amax, abs(x[i]))
+        scale = amax / np.float32(127.0)
+        inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+        d[b] = scale
+        for g in range(b * block // sum_len, (b + 1) * block // sum_len):
+            total = 0  # a local sum, not s[g]: 1.6x faster
+            for i in range(g * sum_len, (g + 1) * sum_len):
+                v = np.int8(np.rint(x[i] * inv))
+                q[i] = v
+                total += v
+            s[g] = total
     return q, d, s
-
-
-@njit(cache=True, parallel=True)
-def _quantize_parallel(x, block, sum_len):
-    q, d, s = _empty(x, block, sum_len)
-    for b in prange(d.size):
-        _quantize_block(x, q, d, s, b, block, sum_len)
-    return q, d, s
-
-
-def _quantize(x, block, sum_len, parallel):
-    """One vector (a matvec) stays on its thread; a prompt's tokens (GEMM) are worth
-    splitting across threads."""
-    return (_quantize_parallel if parallel else _quantize_serial)(x, block, sum_len)
 
 
 def _check(x: np.ndarray, block: int) -> np.ndarray:
@@ -83,13 +59,13 @@ def _check(x: np.ndarray, block: int) -> np.ndarray:
     return x
 
 
-def quantize_q8_0(x: np.ndarray, parallel: bool = False) -> Q8:
+def quantize_q8_0(x: np.ndarray) -> Q8:
     """Blocks of 32: int8 values, a float32 scale and the sum per block, as float32
     (the kernels subtract it in float)."""
-    q, d, s = _quantize(_check(x, 32), 32, 32, parallel)
+    q, d, s = _quantize(_check(x, 32), 32, 32)
     return Q8(q, d, s.astype(np.float32))
 
 
-def quantize_q8_k(x: np.ndarray, parallel: bool = False) -> Q8:
+def quantize_q8_k(x: np.ndarray) -> Q8:
     """Blocks of 256: int8 values, a float32 scale per block, sums per 16 values."""
-    return Q8(*_quantize(_check(x, 256), 256, 16, parallel))
+    return Q8(*_quantize(_check(x, 256), 256, 16))
