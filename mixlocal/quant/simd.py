@@ -44,7 +44,7 @@ u8x32 = Vec("i8", 32)
 i16x16 = Vec("i16", 16)
 i32x8 = Vec("i32", 8)
 f32x8 = Vec("f32", 8)
-u8x64, i32x16, f32x16 = Vec("i8", 64), Vec("i32", 16), Vec("f32", 16)  # vnni only: 512 bits
+u8x64, i32x16 = Vec("i8", 64), Vec("i32", 16)  # vnni only: 512 bits
 _V8, _V16, _V32, _VF = (ir.VectorType(t, n) for t, n in
                         ((_I8, 32), (_I16, 16), (_I32, 8), (_F32, 8)))
 _V512, _W512 = ir.VectorType(_I32, 16), ir.VectorType(_I16, 32)
