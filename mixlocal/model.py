@@ -12,6 +12,7 @@ import os
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 from . import quant
 from .config import ModelConfig
@@ -35,9 +36,19 @@ def set_threads(n: int | None = None) -> int:
     return threads.set_threads(n or os.cpu_count() or 1)
 
 
+@njit(cache=True)
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)
-    return x * (1.0 / np.sqrt(ms + eps)) * weight
+    """Each row of x (n, d) over the root of its mean square, times weight. Jitted: in
+    numpy its five calls cost a token of a small model more than the arithmetic."""
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        ss = 0.0
+        for v in x[t]:
+            ss += np.float64(v) * v
+        inv = np.float32(1.0 / np.sqrt(ss / x.shape[1] + eps))
+        for i in range(x.shape[1]):
+            out[t, i] = x[t, i] * inv * weight[i]
+    return out
 
 
 def silu(x: np.ndarray) -> np.ndarray:
