@@ -58,10 +58,10 @@ PARALLEL_MIN_BYTES = 1 << 20
 def threads_for(nbytes: int):
     """Run the products inside on one thread when they read fewer than
     PARALLEL_MIN_BYTES (numba's thread count is per calling thread)."""
-    if nbytes >= PARALLEL_MIN_BYTES:
+    n = numba.get_num_threads()
+    if nbytes >= PARALLEL_MIN_BYTES or n == 1:
         yield
         return
-    n = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         yield
