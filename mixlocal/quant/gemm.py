@@ -25,10 +25,10 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
-                     _k_total, q2_scales, q3_scales, q6_scales, q45_scales)
+                     _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
+                     q5_k_pairs, q6_pairs, q6_scales, q45_scales)
 from .simd import (at, bits_u8x64, block_dots, f16_at, f16x8_at, fma, fmul, group_scales, hsum,
-                   load_f32x8, low_i32, mul_i16, or_shl, plus_128, scaled_pairs, spread_pairs,
-                   zero_sum, zeros_f32)
+                   load_f32x8, low_i32, mul_i16, plus_128, spread_pairs, zeros_f32)
 
 CHUNK_BYTES = 256 << 10  # 8-bit activations per kernel call
 TOKENS = 4  # tokens per step of a tile; X is padded with zero rows to a multiple of it
@@ -134,21 +134,9 @@ def _superblock(pairs, sc, tail):
 
 
 @_inline
-def _q45_pair(w, o, qh, qs, k):
-    """Q4_K / Q5_K chunks 2k (low nibbles) and 2k + 1 (high) of the 32 bytes at qs + 32k,
-    with their fifth bits 2k and 2k + 1 at qh (-1: none)."""
-    q = bits_u8x64(w, o + qs + 32 * k, o + qs + 32 * k, 0, 4, 15)
-    if qh >= 0:
-        q = or_shl(q, bits_u8x64(w, o + qh, o + qh, 2 * k, 2 * k + 1, 1), 4)
-    return q
-
-
-@_inline
-def _q45_sb(w, o, qh, qs):
+def _q45_sb(w, o, pairs):
     """w = d sc q - dmin m per 32 weights."""
     sc, mn = q45_scales(w, o)
-    pairs = (_q45_pair(w, o, qh, qs, 0), _q45_pair(w, o, qh, qs, 1),
-             _q45_pair(w, o, qh, qs, 2), _q45_pair(w, o, qh, qs, 3))
     return _superblock(pairs, spread_pairs(sc),
                        (f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2))))
 
@@ -157,9 +145,8 @@ def _q45_sb(w, o, qh, qs):
 def _k_sums(sb, xq, tb):
     """A decoded K-quant super-block's integer sums against the activations of flat
     block tb (as matvec's isums)."""
-    (q0, q1, q2, q3), low, high, _ = sb
-    isum = scaled_pairs(zero_sum("vnni"), q0, q1, xq, 256 * tb, low)
-    return scaled_pairs(isum, q2, q3, xq, 256 * tb + 128, high), zero_sum("vnni")
+    pairs, low, high, _ = sb
+    return pair_sums(pairs, low, high, xq, tb)
 
 
 @_inline
@@ -170,12 +157,12 @@ def _q45_token(acc, sb, xq, xd, xs, tb):
 
 @_inline
 def _q4_k_sb(w, o):
-    return _q45_sb(w, o, -1, 16)
+    return _q45_sb(w, o, q4_k_pairs(w, o))
 
 
 @_inline
 def _q5_k_sb(w, o):
-    return _q45_sb(w, o, 16, 48)
+    return _q45_sb(w, o, q5_k_pairs(w, o))
 
 
 @_inline
@@ -183,15 +170,7 @@ def _q6_k_sb(w, o):
     """w = d sc (q - 32): chunks 4h..4h + 3 are the low then high nibbles of the 64
     bytes at 64h, with two more bits each from the 32 bytes at 128 + 32h."""
     sc = q6_scales(w, o)
-    pairs = (_q6_pair(w, o, 0), _q6_pair(w, o, 1), _q6_pair(w, o, 2), _q6_pair(w, o, 3))
-    return _superblock(pairs, sc, (f16_at(w, o + 208), mul_i16(sc, -32)))
-
-
-@_inline
-def _q6_pair(w, o, k):
-    h, c = k // 2, k % 2
-    low = bits_u8x64(w, o + 64 * h, o + 64 * h + 32, 4 * c, 4 * c, 15)
-    return or_shl(low, bits_u8x64(w, o + 128 + 32 * h, o + 128 + 32 * h, 4 * c, 4 * c + 2, 3), 4)
+    return _superblock(q6_pairs(w, o), sc, (f16_at(w, o + 208), mul_i16(sc, -32)))
 
 
 @_inline
@@ -205,14 +184,7 @@ def _q3_k_sb(w, o):
     """w = d (sc - 32) (q - 4): two low bits from the 32 bytes at 32 + 32 (k // 2), the
     third from the mask at 0."""
     sc = q3_scales(w, o)
-    pairs = (_q3_pair(w, o, 0), _q3_pair(w, o, 1), _q3_pair(w, o, 2), _q3_pair(w, o, 3))
-    return _superblock(pairs, sc, (f16_at(w, o + 108), mul_i16(sc, -4)))
-
-
-@_inline
-def _q3_pair(w, o, k):
-    a, s = o + 32 + 32 * (k // 2), 4 * (k % 2)
-    return or_shl(bits_u8x64(w, a, a, s, s + 2, 3), bits_u8x64(w, o, o, 2 * k, 2 * k + 1, 1), 2)
+    return _superblock(q3_pairs(w, o), sc, (f16_at(w, o + 108), mul_i16(sc, -4)))
 
 
 @_inline
@@ -220,14 +192,7 @@ def _q2_k_sb(w, o):
     """w = d sc q - dmin m per 16 weights; two bits each from the 32 bytes at
     16 + 32 (k // 2)."""
     sc, mn = q2_scales(w, o)
-    pairs = (_q2_pair(w, o, 0), _q2_pair(w, o, 1), _q2_pair(w, o, 2), _q2_pair(w, o, 3))
-    return _superblock(pairs, sc, (f16_at(w, o + 80), mn, -f16_at(w, o + 82)))
-
-
-@_inline
-def _q2_pair(w, o, k):
-    a, s = o + 16 + 32 * (k // 2), 4 * (k % 2)
-    return bits_u8x64(w, a, a, s, s + 2, 3)
+    return _superblock(q2_pairs(w, o), sc, (f16_at(w, o + 80), mn, -f16_at(w, o + 82)))
 
 
 @_inline

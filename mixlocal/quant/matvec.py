@@ -28,11 +28,11 @@ from numba.extending import overload
 from ..ggml_types import GGMLType as QT
 from .formats import type_size
 from .q8 import Q8, quantize_q8_0, quantize_q8_k
-from .simd import (at, bit_bytes, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at, f16_times, fadd,
-                   fma, fma_less, fmul, hsum, lane_sums, load_f32x8, load_i16x16, load_nibbles,
-                   load_u8x32, low_i32, mul_i16, or_shl, prefetch_l2, scaled_quad, shr_and,
-                   spread_pairs, strided_halves, sum_i32x8, u32_at, zero_sum, zeros_f32,
-                   zeros_i32)
+from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at,
+                   f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
+                   load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16, or_shl,
+                   prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs, strided_halves,
+                   sum_i32x8, u32_at, zero_sum, zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
@@ -103,9 +103,10 @@ def _q4_0_group(path, acc, w, o, xq, xd, xs, b):
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
-# Chunks of 32 weights, four at a time: integer dot products scaled by the chunks'
-# int16 scales (simd.scaled_quad), into two int32 accumulators per super-block.
-# Weight offsets and minimums meet the activation sums in one more multiply-add.
+# Chunks of 32 weights (on VNNI two to a 512-bit register, see _k_isums): integer dot
+# products scaled by the chunks' int16 scales, into two int32 accumulators per
+# super-block. Weight offsets and minimums meet the activation sums in one more
+# multiply-add.
 
 _LOW6, _LOW4, _LOW2 = 0x3F3F3F3F, 0x0F0F0F0F, 0x03030303  # per-byte masks
 
@@ -157,15 +158,11 @@ def _k_float_mins(acc, isums, d, mins, xs, b, da):
 
 
 @_inline
-def _q45_k(path, acc, w, o, xq, xd, xs, b, qh, qs, int_sums):
-    """Q4_K / Q5_K from byte offsets of the fifth bits qh (-1: none) and nibbles qs:
-    f16 d, f16 dmin, 12 B of 6-bit scales and mins; w = d sc q - dmin m per 32."""
+def _q45_k(path, fmt, acc, w, o, xq, xd, xs, b, int_sums):
+    """Q4_K / Q5_K (fmt): f16 d, f16 dmin, 12 B of 6-bit scales and mins, nibbles (and
+    Q5_K's fifth bits); w = d sc q - dmin m per 32."""
     sc, mn = q45_scales(w, o)
-    isums = (zero_sum(path), zero_sum(path))
-    for j in (0, 4):
-        isums = _chunks(path, isums, _q45_chunk(w, o, qh, qs, j), _q45_chunk(w, o, qh, qs, j + 1),
-                        _q45_chunk(w, o, qh, qs, j + 2), _q45_chunk(w, o, qh, qs, j + 3),
-                        xq, b, j, sc, _halves(j, 1))
+    isums = _k_isums(path, fmt, w, o, xq, b, sc)
     if not int_sums:
         return _k_float_mins(acc, isums, f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2)),
                              xs, b, at(xd, b))
@@ -193,32 +190,29 @@ def _q45_chunk(w, o, qh, qs, j):
 
 @_inline
 def _q4_k(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, w, o, xq, xd, xs, b, -1, 16, True), corr
+    return _q45_k(path, "q4_k", acc, w, o, xq, xd, xs, b, True), corr
 
 
 @_inline
 def _q5_k(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, w, o, xq, xd, xs, b, 16, 48, True), corr
+    return _q45_k(path, "q5_k", acc, w, o, xq, xd, xs, b, True), corr
 
 
 @_inline
 def _q4_k_fsums(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, w, o, xq, xd, xs, b, -1, 16, False), corr
+    return _q45_k(path, "q4_k", acc, w, o, xq, xd, xs, b, False), corr
 
 
 @_inline
 def _q5_k_fsums(path, acc, corr, w, o, xq, xd, xs, b):
-    return _q45_k(path, acc, w, o, xq, xd, xs, b, 16, 48, False), corr
+    return _q45_k(path, "q5_k", acc, w, o, xq, xd, xs, b, False), corr
 
 
 @_inline
 def _q6_k(path, acc, corr, w, o, xq, xd, xs, b):
     """128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d; w = d sc (q - 32)."""
     sc = q6_scales(w, o)
-    isums = (zero_sum(path), zero_sum(path))
-    for j in (0, 4):
-        isums = _chunks(path, isums, _q6_chunk(w, o, j), _q6_chunk(w, o, j + 1),
-                        _q6_chunk(w, o, j + 2), _q6_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
+    isums = _k_isums(path, "q6_k", w, o, xq, b, sc)
     return _k_offset_total(path, acc, isums, f16_at(w, o + 208), xs, b, mul_i16(sc, -32),
                            at(xd, b)), corr
 
@@ -242,10 +236,7 @@ def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
     """32 B high-bit mask, 64 B low 2 bits, 12 B of 6-bit scales, f16 d;
     w = d (sc - 32) (q - 4)."""
     sc = q3_scales(w, o)
-    isums = (zero_sum(path), zero_sum(path))
-    for j in (0, 4):
-        isums = _chunks(path, isums, _q3_chunk(w, o, j), _q3_chunk(w, o, j + 1),
-                        _q3_chunk(w, o, j + 2), _q3_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
+    isums = _k_isums(path, "q3_k", w, o, xq, b, sc)
     return _k_offset_total(path, acc, isums, f16_at(w, o + 108), xs, b, mul_i16(sc, -4),
                            at(xd, b)), corr
 
@@ -270,10 +261,7 @@ def _q3_chunk(w, o, j):
 def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
     """16 B of 4-bit scale and min pairs, 64 B of 2-bit weights, f16 d, f16 dmin."""
     sc, mn = q2_scales(w, o)
-    isums = (zero_sum(path), zero_sum(path))
-    for j in (0, 4):
-        isums = _chunks(path, isums, _q2_chunk(w, o, j), _q2_chunk(w, o, j + 1),
-                        _q2_chunk(w, o, j + 2), _q2_chunk(w, o, j + 3), xq, b, j, sc, _halves(j, 2))
+    isums = _k_isums(path, "q2_k", w, o, xq, b, sc)
     return _k_total(path, acc, isums, f16_at(w, o + 80), xs, b, mn, -f16_at(w, o + 82),
                     at(xd, b)), corr
 
@@ -290,6 +278,123 @@ def q2_scales(w, o):
 @_inline
 def _q2_chunk(w, o, j):
     return shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
+
+
+# --- K-quant super-blocks as four pairs of chunks in 512-bit registers (vnni) ----------
+# Two chunks' bits come from one load, shifted per half (simd.bits_u8x64), and a
+# super-block's sixteen group scales go in with two 512-bit multiply-adds
+# (simd.scaled_pairs): 1.04-1.13x over the 256-bit chunks on Q2_K, Q3_K and Q4_K. gemm.py
+# decodes a super-block this way once for a tile of tokens.
+
+@_inline
+def _q45_pair(w, o, qh, qs, k):
+    """Q4_K / Q5_K chunks 2k (low nibbles) and 2k + 1 (high) of the 32 bytes at qs + 32k,
+    with their fifth bits 2k and 2k + 1 at qh (-1: none)."""
+    q = bits_u8x64(w, o + qs + 32 * k, o + qs + 32 * k, 0, 4, 15)
+    if qh >= 0:
+        q = or_shl(q, bits_u8x64(w, o + qh, o + qh, 2 * k, 2 * k + 1, 1), 4)
+    return q
+
+
+@_inline
+def _q6_pair(w, o, k):
+    h, c = k // 2, k % 2
+    low = bits_u8x64(w, o + 64 * h, o + 64 * h + 32, 4 * c, 4 * c, 15)
+    return or_shl(low, bits_u8x64(w, o + 128 + 32 * h, o + 128 + 32 * h, 4 * c, 4 * c + 2, 3), 4)
+
+
+@_inline
+def _q3_pair(w, o, k):
+    a, s = o + 32 + 32 * (k // 2), 4 * (k % 2)
+    return or_shl(bits_u8x64(w, a, a, s, s + 2, 3), bits_u8x64(w, o, o, 2 * k, 2 * k + 1, 1), 2)
+
+
+@_inline
+def _q2_pair(w, o, k):
+    a, s = o + 16 + 32 * (k // 2), 4 * (k % 2)
+    return bits_u8x64(w, a, a, s, s + 2, 3)
+
+
+@_inline
+def _q45_pairs(w, o, qh, qs):
+    return (_q45_pair(w, o, qh, qs, 0), _q45_pair(w, o, qh, qs, 1),
+            _q45_pair(w, o, qh, qs, 2), _q45_pair(w, o, qh, qs, 3))
+
+
+@_inline
+def q6_pairs(w, o):
+    return _q6_pair(w, o, 0), _q6_pair(w, o, 1), _q6_pair(w, o, 2), _q6_pair(w, o, 3)
+
+
+@_inline
+def q3_pairs(w, o):
+    return _q3_pair(w, o, 0), _q3_pair(w, o, 1), _q3_pair(w, o, 2), _q3_pair(w, o, 3)
+
+
+@_inline
+def q2_pairs(w, o):
+    return _q2_pair(w, o, 0), _q2_pair(w, o, 1), _q2_pair(w, o, 2), _q2_pair(w, o, 3)
+
+
+@_inline
+def pair_sums(pairs, low, high, xq, b):
+    """A super-block's chunk pairs times activation block b, scaled by the group scales
+    low (groups 0-7) and high (8-15) of simd.group_scales: matvec's two int32
+    accumulators (the second zero)."""
+    q0, q1, q2, q3 = pairs
+    isum = scaled_pairs(zero_sum("vnni"), q0, q1, xq, 256 * b, low)
+    return scaled_pairs(isum, q2, q3, xq, 256 * b + 128, high), zero_sum("vnni")
+
+
+@_inline
+def q4_k_pairs(w, o):
+    return _q45_pairs(w, o, -1, 16)
+
+
+@_inline
+def q5_k_pairs(w, o):
+    return _q45_pairs(w, o, 16, 48)
+
+
+@_inline
+def _q4_k_chunk(w, o, j):
+    return _q45_chunk(w, o, -1, 16, j)
+
+
+@_inline
+def _q5_k_chunk(w, o, j):
+    return _q45_chunk(w, o, 16, 48, j)
+
+
+# format -> (pairs, chunk, scales per chunk: 1 for 32-weight scales, 2 for 16)
+_K_LAYOUTS = {"q2_k": (q2_pairs, _q2_chunk, 2), "q3_k": (q3_pairs, _q3_chunk, 2),
+              "q4_k": (q4_k_pairs, _q4_k_chunk, 1), "q5_k": (q5_k_pairs, _q5_k_chunk, 1),
+              "q6_k": (q6_pairs, _q6_chunk, 2)}
+
+
+def _k_isums(path, fmt, w, o, xq, b, sc):
+    """The scaled chunks of the super-block at byte o times activation block b, as two
+    int32 accumulators (sc: i16x16 scales; path and fmt: string literals)."""
+
+
+@overload(_k_isums, prefer_literal=True, jit_options={"forceinline": True})
+def _k_isums_impl(path, fmt, w, o, xq, b, sc):
+    if not (isinstance(path, types.StringLiteral) and isinstance(fmt, types.StringLiteral)):
+        return None
+    pairs, chunk, per_chunk = _K_LAYOUTS[fmt.literal_value]
+    if path.literal_value == "vnni":
+        def vnni(path, fmt, w, o, xq, b, sc):
+            per16 = spread_pairs(sc) if per_chunk == 1 else sc
+            return pair_sums(pairs(w, o), group_scales(per16, 0), group_scales(per16, 8), xq, b)
+        return vnni
+
+    def chunks(path, fmt, w, o, xq, b, sc):
+        isums = (zero_sum(path), zero_sum(path))
+        for j in (0, 4):
+            isums = _chunks(path, isums, chunk(w, o, j), chunk(w, o, j + 1), chunk(w, o, j + 2),
+                            chunk(w, o, j + 3), xq, b, j, sc, _halves(j, per_chunk))
+        return isums
+    return chunks
 
 
 # --- dispatch --------------------------------------------------------------------------

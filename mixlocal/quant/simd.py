@@ -5,7 +5,7 @@ unsigned values, or int8 activations), i16x16 (scales), i32x8 (integer partial s
 f32x8 (float accumulators) and, on the VNNI path only, 512-bit i32x16 (partial sums),
 u8x64 (two chunks of weights) and i16x32 (their scales).
 Each intrinsic below emits a few lines of LLVM IR, inlined where it is called;
-`dpbusd`, `dot_i8`, `dpwssd`, `scaled_quad` and `zero_sum` depend on the instruction
+`dpbusd`, `dot_i8`, `dpwssd` and `zero_sum` depend on the instruction
 set, chosen by a path name that must be a compile-time string literal ("vnni" or
 "avx2", see cpu.py).
 
@@ -261,17 +261,6 @@ def _scaled_quad(builder, path, acc, sc, halves, qs, x):
     16-weight half scaled by its int16 scale sc[halves[k]] (k: chunk 0's halves, ...)."""
     picked = [builder.extract_element(sc, builder.trunc(builder.extract_value(halves, k), _I32))
               for k in range(8)]
-    if path == "vnni":
-        q = [builder.shuffle_vector(qs[2 * pair], qs[2 * pair + 1],
-                                    _consts(ir.VectorType(_I32, 64), range(64)))
-             for pair in range(2)]
-        xp = [builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 64),
-                                                   range(64 * pair, 64 * pair + 64)))
-              for pair in range(2)]
-        scales = ir.Constant(_W512, ir.Undefined)
-        for lane, half in enumerate(_HALF_OF_LANE):
-            scales = builder.insert_element(scales, picked[half], _I32(lane))
-        return _packed_dot(builder, acc, q, xp, scales)
     for k, q in enumerate(qs):
         xk = builder.shuffle_vector(x, x, _consts(ir.VectorType(_I32, 32),
                                                   range(32 * k, 32 * k + 32)))
@@ -289,8 +278,8 @@ def _sum_type(path):
 
 @intrinsic
 def scaled_quad(typingctx, path, acc, sc, halves, q0, q1, q2, q3, arr, offset):
-    """_scaled_quad with x the 128 bytes at `offset` of arr (int8); acc: zero_sum's
-    type."""
+    """_scaled_quad with x the 128 bytes at `offset` of arr (int8): the AVX2 path's
+    super-block sums (VNNI's take scaled_pairs)."""
     if not isinstance(path, types.StringLiteral):
         return None  # Numba retries with the literal
     name = path.literal_value
@@ -299,12 +288,13 @@ def scaled_quad(typingctx, path, acc, sc, halves, q0, q1, q2, q3, arr, offset):
         x = builder.load(_at(context, builder, sig.args[8], args[8], args[9],
                              ir.VectorType(_I8, 128)), align=1)
         return _scaled_quad(builder, name, args[1], args[2], args[3], args[4:8], x)
-    return _sum_type(name)(path, acc, sc, halves, q0, q1, q2, q3, arr, offset), codegen
+    return i32x8(path, acc, sc, halves, q0, q1, q2, q3, arr, offset), codegen
 
 
 @intrinsic
 def zero_sum(typingctx, path):
-    """Zeros in the int32 accumulator scaled_quad uses on this path."""
+    """Zeros in the int32 accumulator of this path's super-block sums (scaled_pairs'
+    i32x16 on VNNI, scaled_quad's i32x8 on AVX2)."""
     if not isinstance(path, types.StringLiteral):
         return None
     ty = _sum_type(path.literal_value)
