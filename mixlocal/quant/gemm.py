@@ -27,8 +27,9 @@ from numba.extending import overload
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
                      q5_k_pairs, q6_pairs, q6_scales, q45_scales)
-from .simd import (at, bits_u8x64, block_dots, f16_at, f16x8_at, fma, fmul, group_scales, hsum,
-                   load_f32x8, low_i32, mul_i16, plus_128, spread_pairs, zeros_f32)
+from .simd import (at, bits_u8x64, block_dots, f16_at, fma, fmul, group_scales, hsum,
+                   load_f32x8, low_i32, mul_i16, plus_128, spread_pairs, strided_halves,
+                   zeros_f32)
 
 CHUNK_BYTES = 256 << 10  # 8-bit activations per kernel call
 TOKENS = 4  # tokens per step of a tile; X is padded with zero rows to a multiple of it
@@ -201,6 +202,9 @@ def _q2_token(acc, sb, xq, xd, xs, tb):
     return _k_total("vnni", acc, _k_sums(sb, xq, tb), d, xs, tb, mn, d16, at(xd, tb))
 
 
+_q8_0_scales = strided_halves(34)  # the d of eight consecutive Q8_0 blocks
+
+
 @_inline
 def _q8_0_sb(w, o):
     """Eight Q8_0 blocks (f16 d, 32 int8) as one 256-weight super-block: the weights
@@ -209,7 +213,7 @@ def _q8_0_sb(w, o):
              plus_128(bits_u8x64(w, o + 70, o + 104, 0, 0, 255)),
              plus_128(bits_u8x64(w, o + 138, o + 172, 0, 0, 255)),
              plus_128(bits_u8x64(w, o + 206, o + 240, 0, 0, 255)))
-    return pairs, f16x8_at(w, o, 34)
+    return pairs, _q8_0_scales(w, o)
 
 
 @_inline

@@ -44,7 +44,7 @@ u8x32 = Vec("i8", 32)
 i16x16 = Vec("i16", 16)
 i32x8 = Vec("i32", 8)
 f32x8 = Vec("f32", 8)
-u8x64, i32x16 = Vec("i8", 64), Vec("i32", 16)  # vnni only: 512 bits
+u8x64, i16x32, i32x16 = Vec("i8", 64), Vec("i16", 32), Vec("i32", 16)  # vnni only: 512 bits
 _V8, _V16, _V32, _VF = (ir.VectorType(t, n) for t, n in
                         ((_I8, 32), (_I16, 16), (_I32, 8), (_F32, 8)))
 _V512, _W512 = ir.VectorType(_I32, 16), ir.VectorType(_I16, 32)
@@ -155,13 +155,6 @@ def bit_bytes(typingctx, arr, offset, value):
         byte = _splat(builder, builder.trunc(args[2], _I8), _V8)
         return builder.select(hit, byte, ir.Constant(_V8, [0] * 32))
     return u8x32(arr, offset, value), codegen
-
-
-@intrinsic
-def splat_u8(typingctx, value):
-    def codegen(context, builder, sig, args):
-        return _splat(builder, builder.trunc(args[0], _I8), _V8)
-    return u8x32(value), codegen
 
 
 @intrinsic
@@ -451,10 +444,7 @@ def hsum(typingctx, v):
     return types.float32(v), codegen
 
 
-# --- 512-bit pieces of gemm.py's tile kernels (vnni only) -----------------------------
-
-i16x32 = Vec("i16", 32)
-
+# --- 512-bit pieces of the K-quant and Q8_0 kernels (vnni only) -----------------------
 
 @intrinsic
 def bits_u8x64(typingctx, arr, o0, o1, s0, s1, mask):
@@ -509,19 +499,6 @@ def plus_128(typingctx, v):
     def codegen(context, builder, sig, args):
         return builder.xor(args[0], ir.Constant(args[0].type, [0x80] * 64))
     return u8x64(v), codegen
-
-
-@intrinsic
-def f16x8_at(typingctx, arr, offset, stride):
-    """The IEEE halves at bytes offset + stride j (j < 8) of a uint8 array, as f32x8."""
-    def codegen(context, builder, sig, args):
-        halves = ir.Constant(ir.VectorType(_I16, 8), ir.Undefined)
-        for j in range(8):
-            at_j = builder.add(args[1], builder.mul(args[2], args[2].type(j)))
-            h = builder.load(_at(context, builder, sig.args[0], args[0], at_j, _I16), align=1)
-            halves = builder.insert_element(halves, h, _I32(j))
-        return builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), 8)), _VF)
-    return f32x8(arr, offset, stride), codegen
 
 
 @intrinsic
