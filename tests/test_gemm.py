@@ -14,7 +14,7 @@ from test_matvec import QTYPES, SIMD_PATHS, _check, _cols, _weights
 
 import mixlocal.quant as quant
 from mixlocal.quant import QT, QTensor
-from mixlocal.quant.gemm import matmul_q8
+from mixlocal.quant.gemm import matmul_q8, matmul_q8_multi
 from mixlocal.quant.matvec import matvec_blocks
 
 needs_simd = pytest.mark.skipif(not SIMD_PATHS,
@@ -84,3 +84,22 @@ def test_token_chunks_do_not_change_results(monkeypatch):
         monkeypatch.setattr(gemm, "CHUNK_BYTES", 8 * 512)
         np.testing.assert_array_equal(matmul_q8(path, qtype, blocks, x), whole)
         monkeypatch.undo()
+
+
+@needs_simd
+@pytest.mark.parametrize("path", SIMD_PATHS)
+def test_gemm_multi_quantizes_once_per_kind(path, monkeypatch):
+    """Mixed formats (as q, k, v of a Q4_K_M file; Q8_0 tiled or not): each product
+    equals its own matmul_q8, and quant.matmul_multi gives the same."""
+    cols, n = 512, 21
+    ws = [(qtype, _weights(qtype, rows, cols, rows)[0])
+          for qtype, rows in ((QT.Q4_K, 40), (QT.Q8_0, 16), (QT.Q6_K, 16), (QT.Q4_0, 7),
+                              (QT.Q4_K, 9))]
+    x = np.random.default_rng(11).standard_normal((n, cols)).astype(np.float32)
+    got = matmul_q8_multi(path, ws, x)
+    for (qtype, blocks), y in zip(ws, got):
+        np.testing.assert_array_equal(y, matmul_q8(path, qtype, blocks, x))
+    monkeypatch.setattr(quant, "kernel_path", lambda: path)
+    tensors = [QTensor(qtype, (len(blocks), cols), blocks) for qtype, blocks in ws]
+    for y, y_multi in zip(got, quant.matmul_multi(tensors, x)):
+        np.testing.assert_array_equal(y, y_multi)

@@ -158,6 +158,19 @@ def test_activation_quantization(quantize, block, sum_len):
         quantize(x[:-1])
 
 
+@pytest.mark.parametrize("quantize", [quantize_q8_0, quantize_q8_k])
+def test_rows_quantized_where_the_layout_puts_them(quantize):
+    """Quantizer.rows (the GEMM's) equals the vector quantizer row by row, each 256-value
+    unit k of row t at unit first[t] + k stride[t]: here the tokens side by side."""
+    n, units = 5, 3
+    x = np.random.default_rng(3).standard_normal((n, 256 * units)).astype(np.float32)
+    q, d, s = quantize.rows(x, np.arange(n), np.full(n, n), 256, np.empty(x.size, np.int8))
+    per_unit = [a.reshape(units, n, -1) for a in (q, d, s)]
+    for t in range(n):
+        for got, want in zip(per_unit, quantize(x[t])):
+            np.testing.assert_array_equal(got[:, t].reshape(-1), want)
+
+
 def test_kernel_path_choice(monkeypatch, capsys):
     assert cpu.available_paths()[-1] == "plain"
     for want, expect in (("plain", "plain"), ("bogus", cpu.available_paths()[0]),

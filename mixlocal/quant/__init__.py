@@ -14,7 +14,7 @@ from ..ggml_types import GGMLType as QT
 from .dequant import dequant_rows, gather_rows
 from .formats import SUPPORTED, block_size, row_bytes, type_size
 from .cpu import kernel_path
-from .gemm import matmul_q8
+from .gemm import matmul_q8, matmul_q8_multi
 from .matmul import matmul_tiled
 from .matvec import BY_QTYPE, matvec_blocks
 from .matvec import matvec_multi as _matvec_multi
@@ -22,7 +22,7 @@ from .matvec_plain import matvec_rows
 from .threads import run_split, threads_for
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
-           "matvec", "matvec_multi", "matmul", "dequantize", "get_rows"]
+           "matvec", "matvec_multi", "matmul", "matmul_multi", "dequantize", "get_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,3 +126,12 @@ def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
     if _simd(w):
         return matmul_q8(kernel_path(), w.qtype, _blocks(w), x)
     return matmul_tiled(_kind(w), _blocks(w), x)
+
+
+def matmul_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
+    """[matmul(W, x) for W in ws], quantizing x once per kind of activations (gate and
+    up of an expert; q, k and v)."""
+    if len(x) > 1 and ws and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws):
+        x = _vectors(x, ws[0].shape[1], 2)
+        return matmul_q8_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x)
+    return [matmul(w, x) for w in ws]

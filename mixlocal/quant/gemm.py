@@ -13,7 +13,7 @@ per (row, token): inlined, they share each weight block's decoding across the to
 and each activation block's loads across the rows. On AVX512-VNNI the K-quants (and
 Q8_0, eight blocks at a time) decode each 256-weight super-block once per tile into
 512-bit registers (`_decode`), and read the activations tile by tile in order
-(`_tiled`).
+(`_layout`).
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
 def _kernel_k(fmt: str):
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
-        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_tiled);
+        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_layout);
         rows split across threads."""
         n = len(y)
         nb = xq.size // n // 256  # super-blocks per token
@@ -335,7 +335,7 @@ def kernels(path: str) -> dict:
 @cache
 def tile_kernels() -> dict:
     """{GGUF type: kernel(w, xq, xd, xs, y)} on AVX512-VNNI for rows of whole 256-weight
-    super-blocks, activations in tiles (_tiled)."""
+    super-blocks, activations in tiles (_layout)."""
     return {FORMATS[name][0]: _kernel_k(name) for name in _SUPERBLOCKS}
 
 
@@ -345,46 +345,76 @@ def matmul_q8(path: str, qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     Tokens are quantized to 8 bits as matvec quantizes its vector (relative error
     about 1e-2 against float weights times float x).
     """
+    return matmul_q8_multi(path, [(qtype, w)], x)[0]
+
+
+def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
+    """[matmul_q8(path, qtype, w, x) for (qtype, w) in weights], quantizing x once per
+    kind of activations and layout (gate and up of an expert; q, k and v)."""
     n = len(x)
     padded = -(-n // TOKENS) * TOKENS
     if padded > n:
         x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
-    # one call for all tokens: blocks never straddle two of them
-    xq, xd, xs = (part.reshape(padded, -1) for part in _QUANTIZE[qtype](x.reshape(-1)))
-    tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS and x.shape[1] % 256 == 0
+    quantized = {}
+    out = []
+    for qtype, w in weights:
+        quantize = _QUANTIZE[qtype]
+        tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS and x.shape[1] % 256 == 0
+        if (quantize, tiled) not in quantized:
+            unit = 256 if tiled else quantize.block  # a tile kernel's super-block
+            quantized[quantize, tiled] = quantize.rows(
+                x, *_layout(padded, x.shape[1] // unit, tiled), unit, _aligned(x.size, np.int8))
+        xq, xd, xs = quantized[quantize, tiled]
+        xs = _sums(qtype, tiled, xd, xs)
+        out.append(_product(path, qtype, w, (xq, xd, xs), tiled, padded)[:n])
+    return out
+
+
+def _layout(n: int, nb: int, tiled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of n tokens' nb units (blocks, or super-blocks when tiled) go: unit k
+    of token t to unit first[t] + k stride[t]. Tiled: tile by tile (TILE tokens a tile, then 4), each tile
+    block by block with its tokens side by side, so that one row's pass reads them in
+    order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
+    t = np.arange(n)
+    if not tiled:
+        return t * nb, np.ones(n, np.int64)
+    full = n // TILE * TILE
+    stride = np.where(t < full, TILE, TOKENS)
+    start = np.where(t < full, t // TILE * TILE, full + (t - full) // TOKENS * TOKENS)
+    return start * nb + t - start, stride
+
+
+def _sums(qtype, tiled: bool, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The activation sums in the form qtype's kernel takes them."""
     if tiled and BY_QTYPE[qtype] == "q8_0":
-        xs = -128 * xd * xs  # see _q8_0_token
-    elif BY_QTYPE[qtype] in FLOAT_SUMS:
+        return -128 * xd * xs  # see _q8_0_token
+    if BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
-        xs = (xs.reshape(padded, -1, 8, 2).sum(-1, dtype=np.float32)
-              * -xd[:, :, None]).reshape(padded, -1)
-    y = np.empty((padded, w.shape[0]), np.float32)
+        return (xs.reshape(-1, 8, 2).sum(-1, dtype=np.float32) * -xd[:, None]).reshape(-1)
+    return xs
+
+
+def _product(path: str, qtype, w: np.ndarray, activations, tiled: bool,
+             n: int) -> np.ndarray:
+    """w times n tokens' quantized activations (xq, xd, xs) laid out by _layout."""
+    y = np.empty((n, w.shape[0]), np.float32)
     kernel = (tile_kernels() if tiled else kernels(path))[qtype]
-    # Tokens in chunks whose activations stay in L2 while every row passes over them.
+    xq, xd, xs = (a.reshape(n, -1) for a in activations)
+    # Tokens in chunks whose activations stay in L2 while every row passes over them;
+    # whole tiles, so each chunk is laid out as _layout lays out its tokens alone.
     chunk = max(TILE, CHUNK_BYTES // xq.shape[1] // TILE * TILE)
-    for t in range(0, padded, chunk):
+    for t in range(0, n, chunk):
         part = xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk]
         if tiled:
-            part = [_tiled(a, xq.shape[1] // 256) for a in part]
+            part = [a.reshape(-1) for a in part]
         kernel(w, *part, y[t:t + chunk])
-    return y[:n]
-
-
-def _tiled(a: np.ndarray, nb: int) -> np.ndarray:
-    """(tokens, nb * k) -> the same values tile by tile (TILE tokens a tile, then 4),
-    each tile block by block with its tokens side by side: one row's pass reads them in
-    order (token rows 2^k bytes apart would also meet in the same L1 sets). Aligned to
-    64 bytes: the kernel's 512-bit loads then never straddle two cache lines."""
-    full = len(a) // TILE * TILE
-    starts = [(t, TILE) for t in range(0, full, TILE)]
-    starts += [(t, TOKENS) for t in range(full, len(a), TOKENS)]
-    return np.concatenate([a[t:t + size].reshape(size, nb, -1).transpose(1, 0, 2).reshape(-1)
-                           for t, size in starts], out=_aligned(a.size, a.dtype))
+    return y
 
 
 def _aligned(size: int, dtype) -> np.ndarray:
-    """An empty 1-D array whose data starts on a 64-byte boundary."""
+    """An empty 1-D array whose data starts on a 64-byte boundary: the tile kernels'
+    512-bit loads then never straddle two cache lines."""
     raw = np.empty(size * np.dtype(dtype).itemsize + 64, np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start:start + size * np.dtype(dtype).itemsize].view(dtype)

@@ -1,4 +1,4 @@
-"""8-bit quantization of the activation vector, once per matrix-vector product.
+"""8-bit quantization of activations, once per product.
 
 The integer kernels multiply weight blocks with activation blocks of the same length:
 Q8_0 style (32 values per float32 scale) for the 32-weight formats, Q8_K style (256
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 class Q8(NamedTuple):
@@ -27,45 +27,81 @@ class Q8(NamedTuple):
         return (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
 
 
-@njit(cache=True)
-def _quantize(x, block, sum_len):
-    # allocated here: Numba aligns arrays to 32 bytes, where numpy's large ones sit 16
-    # bytes past a page and split vector loads across cache lines (matvec 1.1x slower)
-    n = x.size
-    q = np.empty(n, np.int8)
-    d = np.empty(n // block, np.float32)
-    s = np.empty(n // sum_len, np.int16)  # |sum| <= 32 * 127
-    for b in range(n // block):
-        amax = np.float32(0.0)
-        for i in range(b * block, (b + 1) * block):
-            amax = max(amax, abs(x[i]))
-        scale = amax / np.float32(127.0)
-        inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-        d[b] = scale
-        for g in range(b * block // sum_len, (b + 1) * block // sum_len):
-            total = 0  # a local sum, not s[g]: 1.6x faster
-            for i in range(g * sum_len, (g + 1) * sum_len):
-                v = np.int8(np.rint(x[i] * inv))
-                q[i] = v
-                total += v
-            s[g] = total
-    return q, d, s
+def _kernels(block: int, sum_len: int):
+    """The jitted quantizers of one kind. block and sum_len are constants in them: the
+    loops then vectorize (4-5x over the same loops on run-time lengths)."""
+    per_block = block // sum_len
+
+    @njit(cache=True)
+    def row(x, q, d, s, first, stride, group):
+        """Block k of x to position (first + (k // group) stride) group + k % group of
+        q, d (one each) and s: runs of `group` blocks stay together."""
+        bits = x.view(np.int32)
+        for k in range(x.size // block):
+            j = (first + k // group * stride) * group + k % group
+            xb, xbits = x[k * block:(k + 1) * block], bits[k * block:(k + 1) * block]
+            qb = q[j * block:(j + 1) * block]
+            top = np.int32(0)  # the largest |x| as float bits: an integer max vectorizes
+            for i in range(block):
+                v = xbits[i] & np.int32(0x7FFFFFFF)
+                top = v if v > top else top
+            scale = np.int32(top).view(np.float32) / np.float32(127.0)
+            inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+            d[j] = scale
+            for i in range(block):
+                qb[i] = np.int8(np.rint(xb[i] * inv))
+            for g in range(per_block):
+                total = np.int32(0)  # |sum| <= 32 * 127
+                for i in range(g * sum_len, (g + 1) * sum_len):
+                    total += np.int32(qb[i])
+                s[j * per_block + g] = np.int16(total)
+
+    @njit(cache=True)
+    def vector(x):
+        # allocated here: Numba aligns arrays to 32 bytes, where numpy's large ones sit 16
+        # bytes past a page and split vector loads across cache lines (matvec 1.1x slower)
+        q = np.empty(x.size, np.int8)
+        d = np.empty(x.size // block, np.float32)
+        s = np.empty(x.size // sum_len, np.int16)
+        row(x, q, d, s, 0, 1, 1)
+        return q, d, s
+
+    @njit(cache=True, parallel=True)
+    def rows(x, q, d, s, first, stride, group):
+        for t in prange(x.shape[0]):
+            row(x[t], q, d, s, first[t], stride[t], group)
+
+    return vector, rows
 
 
-def _check(x: np.ndarray, block: int) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 1 or x.size % block:
-        raise ValueError(f"need a vector whose length is a multiple of {block}, got {x.shape}")
-    return x
+class Quantizer:
+    """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`."""
+
+    def __init__(self, block: int, sum_len: int, float_sums: bool):
+        self.block, self.sum_len, self.float_sums = block, sum_len, float_sums
+        self._vector, self._rows = _kernels(block, sum_len)
+
+    def __call__(self, x: np.ndarray) -> Q8:
+        """x, a vector whose length is a multiple of the block, quantized."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 1 or x.size % self.block:
+            raise ValueError(f"need a vector whose length is a multiple of {self.block}, "
+                             f"got {x.shape}")
+        q, d, s = self._vector(x)
+        return Q8(q, d, s.astype(np.float32) if self.float_sums else s)
+
+    def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
+             q: np.ndarray):
+        """The rows of x (n, cols), C-contiguous float32, quantized in parallel into q
+        (x.size int8). Laid out for the GEMM's tiles in units of `unit` values (a
+        multiple of the block that divides cols): unit k of row t goes to unit
+        first[t] + k stride[t]. Returns (q, d, s)."""
+        d = np.empty(x.size // self.block, np.float32)
+        s = np.empty(x.size // self.sum_len, np.int16)
+        self._rows(x, q, d, s, first, stride, unit // self.block)
+        return q, d, s.astype(np.float32) if self.float_sums else s
 
 
-def quantize_q8_0(x: np.ndarray) -> Q8:
-    """Blocks of 32: int8 values, a float32 scale and the sum per block, as float32
-    (the kernels subtract it in float)."""
-    q, d, s = _quantize(_check(x, 32), 32, 32)
-    return Q8(q, d, s.astype(np.float32))
-
-
-def quantize_q8_k(x: np.ndarray) -> Q8:
-    """Blocks of 256: int8 values, a float32 scale per block, sums per 16 values."""
-    return Q8(*_quantize(_check(x, 256), 256, 16))
+# Q8_0's sums are float32: the kernels subtract them in float
+quantize_q8_0 = Quantizer(32, 32, float_sums=True)
+quantize_q8_k = Quantizer(256, 16, float_sums=False)
