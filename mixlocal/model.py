@@ -105,17 +105,28 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
 
     q (n, n_head, hd) at positions start..start+n-1; k, v (T, n_head_kv, hd) for
     positions 0..T-1 with T = start + n. Query head h reads key/value head h // group.
-    Returns (n, n_head * hd).
+    Returns (n, n_head * hd). A prompt's key/value heads are split over the threads.
     """
     n, n_head, hd = q.shape
     t, n_kv, _ = k.shape
     group = n_head // n_kv
     qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
-    scores = qg @ k.transpose(1, 2, 0) * np.float32(1.0 / np.sqrt(hd))  # (n_kv, g*n, T)
+    out = np.empty_like(qg)  # (n_kv, g*n, hd)
+    future = None
     if n > 1:
         query_pos = np.tile(np.arange(start, start + n), group)
-        scores[:, np.arange(t)[None, :] > query_pos[:, None]] = -np.inf
-    out = softmax(scores) @ v.transpose(1, 0, 2)  # (n_kv, g*n, hd)
+        future = np.arange(t)[None, :] > query_pos[:, None]
+
+    def heads(ids: slice):  # of the key/value heads
+        scores = qg[ids] @ k[:, ids].transpose(1, 2, 0) * np.float32(1.0 / np.sqrt(hd))
+        if future is not None:
+            scores[:, future] = -np.inf
+        np.matmul(softmax(scores), v[:, ids].transpose(1, 0, 2), out=out[ids])
+
+    if n > 1:  # one head at a time stays in cache (1.1x on one thread)
+        threads.run_split(lambda part: [heads(slice(h, h + 1)) for h in part], range(n_kv))
+    else:
+        heads(slice(None))
     return out.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_head * hd)
 
 
