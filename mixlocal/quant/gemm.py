@@ -352,9 +352,7 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
     """[matmul_q8(path, qtype, w, x) for (qtype, w) in weights], quantizing x once per
     kind of activations and layout (gate and up of an expert; q, k and v)."""
     n = len(x)
-    padded = -(-n // TOKENS) * TOKENS
-    if padded > n:
-        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
+    padded = -(-n // TOKENS) * TOKENS  # the kernels take tokens 4 at a time
     quantized = {}
     out = []
     for qtype, w in weights:
@@ -363,7 +361,8 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
         if (quantize, tiled) not in quantized:
             unit = 256 if tiled else quantize.block  # a tile kernel's super-block
             quantized[quantize, tiled] = quantize.rows(
-                x, *_layout(padded, x.shape[1] // unit, tiled), unit, _aligned(x.size, np.int8))
+                x, *_layout(padded, x.shape[1] // unit, tiled), unit,
+                _aligned(padded * x.shape[1], np.int8))
         xq, xd, xs = quantized[quantize, tiled]
         xs = _sums(qtype, tiled, xd, xs)
         out.append(_product(path, qtype, w, (xq, xd, xs), tiled, padded)[:n])
@@ -372,9 +371,9 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
 
 def _layout(n: int, nb: int, tiled: bool) -> tuple[np.ndarray, np.ndarray]:
     """Where each of n tokens' nb units (blocks, or super-blocks when tiled) go: unit k
-    of token t to unit first[t] + k stride[t]. Tiled: tile by tile (TILE tokens a tile, then 4), each tile
-    block by block with its tokens side by side, so that one row's pass reads them in
-    order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
+    of token t to unit first[t] + k stride[t]. Tiled: tile by tile (TILE tokens a tile,
+    then 4), each tile unit by unit with its tokens side by side, so that one row's pass
+    reads them in order (token rows 2^k bytes apart would also meet in the same L1 sets)."""
     t = np.arange(n)
     if not tiled:
         return t * nb, np.ones(n, np.int64)
@@ -391,7 +390,8 @@ def _sums(qtype, tiled: bool, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
     if BY_QTYPE[qtype] in FLOAT_SUMS:
         # -da times each 32-weight chunk's activation sum, in float32: the weights'
         # minimums meet these in one FMA per super-block and token
-        return (xs.reshape(-1, 8, 2).sum(-1, dtype=np.float32) * -xd[:, None]).reshape(-1)
+        halves = xs.reshape(-1, 8, 2)
+        return ((halves[..., 0] + halves[..., 1]) * -xd[:, None]).reshape(-1)
     return xs
 
 

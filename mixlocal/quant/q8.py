@@ -68,8 +68,9 @@ def _kernels(block: int, sum_len: int):
 
     @njit(cache=True, parallel=True)
     def rows(x, q, d, s, first, stride, group):
-        for t in prange(x.shape[0]):
-            row(x[t], q, d, s, first[t], stride[t], group)
+        zeros = np.zeros(x.shape[1], np.float32)  # the rows past x's: padding
+        for t in prange(len(first)):
+            row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group)
 
     return vector, rows
 
@@ -93,11 +94,11 @@ class Quantizer:
     def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
              q: np.ndarray):
         """The rows of x (n, cols), C-contiguous float32, quantized in parallel into q
-        (x.size int8). Laid out for the GEMM's tiles in units of `unit` values (a
-        multiple of the block that divides cols): unit k of row t goes to unit
-        first[t] + k stride[t]. Returns (q, d, s)."""
-        d = np.empty(x.size // self.block, np.float32)
-        s = np.empty(x.size // self.sum_len, np.int16)
+        (int8), then zero rows up to len(first). Laid out for the GEMM's tiles in units
+        of `unit` values (a multiple of the block that divides cols): unit k of row t
+        goes to unit first[t] + k stride[t]. Returns (q, d, s)."""
+        d = np.empty(q.size // self.block, np.float32)
+        s = np.empty(q.size // self.sum_len, np.int16)
         self._rows(x, q, d, s, first, stride, unit // self.block)
         return q, d, s.astype(np.float32) if self.float_sums else s
 
