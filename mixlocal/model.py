@@ -63,9 +63,13 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return out
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, in place: x is a fresh array of scores (large, for a prompt's
+    attention, where temporaries cost more than the arithmetic)."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
 
 
 def _linear(w: quant.QTensor, x: np.ndarray) -> np.ndarray:
@@ -118,7 +122,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
         future = np.arange(t)[None, :] > query_pos[:, None]
 
     def heads(ids: slice):  # of the key/value heads
-        scores = qg[ids] @ k[:, ids].transpose(1, 2, 0) * np.float32(1.0 / np.sqrt(hd))
+        scores = qg[ids] @ k[:, ids].transpose(1, 2, 0)
+        scores *= np.float32(1.0 / np.sqrt(hd))
         if future is not None:
             scores[:, future] = -np.inf
         np.matmul(softmax(scores), v[:, ids].transpose(1, 0, 2), out=out[ids])
