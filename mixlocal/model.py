@@ -36,18 +36,21 @@ def set_threads(n: int | None = None) -> int:
     return threads.set_threads(n or os.cpu_count() or 1)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Each row of x (n, d) over the root of its mean square, times weight. Jitted: in
-    numpy its five calls cost a token of a small model more than the arithmetic."""
+    numpy its five calls cost a token of a small model more than the arithmetic; the
+    loops vectorize with fastmath (3-5x)."""
     out = np.empty_like(x)
+    n = x.shape[1]
     for t in range(x.shape[0]):
+        row, o = x[t], out[t]
         ss = 0.0
-        for v in x[t]:
-            ss += np.float64(v) * v
-        inv = np.float32(1.0 / np.sqrt(ss / x.shape[1] + eps))
-        for i in range(x.shape[1]):
-            out[t, i] = x[t, i] * inv * weight[i]
+        for i in range(n):
+            ss += np.float64(row[i]) * np.float64(row[i])
+        inv = np.float32(1.0 / np.sqrt(ss / n + eps))
+        for i in range(n):
+            o[i] = row[i] * inv * weight[i]
     return out
 
 
@@ -156,8 +159,18 @@ def moe(layer: Layer, x: np.ndarray, experts: np.ndarray, weights: np.ndarray) -
     out = np.zeros_like(x)
     for e in np.unique(experts):
         rows, slot = np.nonzero(experts == e)
-        out[rows] += weights[rows, slot, None] * feed_forward(layer.experts[e], x[rows])
+        _add_rows(out, rows, weights[rows, slot], feed_forward(layer.experts[e], x[rows]))
     return out
+
+
+@njit(cache=True)
+def _add_rows(out: np.ndarray, rows: np.ndarray, weights: np.ndarray, y: np.ndarray) -> None:
+    """out[rows[i]] += weights[i] y[i]: an expert's outputs back to their tokens (numpy's
+    fancy-indexed += gathers and scatters both operands)."""
+    for i in range(len(rows)):
+        row, w = out[rows[i]], weights[i]
+        for j in range(len(row)):
+            row[j] += w * y[i, j]
 
 
 class Model:
