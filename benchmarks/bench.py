@@ -231,14 +231,15 @@ def bench_file(path: str, args, log) -> dict:
     result = {"file": path, "weight_bytes": total, "bytes_per_token": per_token, "runs": []}
     engines = _engines(args)
     for threads in args.threads:
-        out = _run_worker(sys.executable, {"engine": "bandwidth", "file": path,
-                                           "threads": threads})
-        bw = out["gbps"]
-        result.setdefault("bandwidth_gbps", {})[threads] = bw
-        result["huge_pages"] = out["huge_pages"]
-        log(f"{Path(path).name}: {threads} thread(s), read bandwidth {bw:.1f} GB/s, "
-            f"{out['huge_pages']:.0%} of the map in 2 MiB pages")
+        bandwidths = result.setdefault("bandwidth_runs", {}).setdefault(threads, [])
         for r in range(args.reps):
+            # The read bandwidth moves with the machine's neighbours: measured each round.
+            out = _run_worker(sys.executable, {"engine": "bandwidth", "file": path,
+                                               "threads": threads})
+            bandwidths.append(out["gbps"])
+            result["huge_pages"] = out["huge_pages"]
+            log(f"{Path(path).name}: {threads} thread(s), rep {r}: read bandwidth "
+                f"{out['gbps']:.1f} GB/s, {out['huge_pages']:.0%} of the map in 2 MiB pages")
             # Rotate the order, so no engine always runs first after a pause.
             for engine, setting, python in engines[r % len(engines):] + engines[:r % len(engines)]:
                 spec = {"engine": "mixlocal" if engine == "mixlocal" else "llama",
@@ -250,6 +251,7 @@ def bench_file(path: str, args, log) -> dict:
                 log(f"  rep {r} {engine:9} {setting:6} "
                     + " ".join(f"{t}={int(t[2:]) / s:.1f}" for t, s in out["seconds"].items())
                     + f" t/s  rss={out['rss'] / 2**20:.0f} MiB")
+        result.setdefault("bandwidth_gbps", {})[threads] = statistics.median(bandwidths)
     return result
 
 
@@ -292,8 +294,11 @@ def format_table(result: dict, summary: dict) -> str:
         row = [str(threads), "peak RSS MiB"] + [f"{cells[k]['rss'] / 2**20:.0f}" for k in engines]
         row += [f"{mine['rss'] / cells[k]['rss']:.2f}x" for k in llama] + [""]
         lines.append("| " + " | ".join(row) + " |")
-    limits = ", ".join(f"{t} thread(s) {gb:.1f} GB/s = {gb * 1e9 / per_token:.1f} t/s"
-                       for t, gb in result["bandwidth_gbps"].items())
+    limits = ", ".join(
+        f"{t} thread(s) {gb:.1f} GB/s (median of {len(runs)} rounds, {min(runs):.1f}-"
+        f"{max(runs):.1f}) = {gb * 1e9 / per_token:.1f} t/s"
+        for (t, gb), runs in zip(result["bandwidth_gbps"].items(),
+                                 result["bandwidth_runs"].values()))
     lines += ["", f"Generation's bandwidth limit: {limits}; the file's page cache "
                   f"{result['huge_pages']:.0%} in 2 MiB pages."]
     return "\n".join(lines)
