@@ -1,6 +1,11 @@
-"""The first-compile notice fires once per block, and only for a real compilation."""
+"""The first-compile notice fires once per block, and only for a real compilation; a
+second process finds the kernels compiled in Numba's cache."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 from numba import njit
 
@@ -22,3 +27,19 @@ def test_fires_once_on_compile_and_not_for_compiled_code():
     assert calls == [1]
     twice(1j)                     # compiles, but outside any block
     assert calls == [1]
+
+
+def test_quantizers_load_from_numba_cache(tmp_path):
+    """A second process loads the activation quantizers from Numba's cache instead of
+    compiling them again: a jitted closure over anything but plain values (another
+    jitted function, say) gets a new cache key in every process."""
+    code = ("import numpy as np\n"
+            "from mixlocal.quant.q8 import quantize_q8_k as q\n"
+            "q(np.ones(256, np.float32))\n"
+            "q.rows(np.ones((2, 256), np.float32), np.arange(2), np.ones(2, np.int64), 256,\n"
+            "       np.empty(512, np.int8))\n"
+            "print(sum(sum(f.stats.cache_misses.values()) for f in (q._vector, q._rows)))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    misses = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip() for _ in range(2)]
+    assert misses == ["2", "0"]
