@@ -32,7 +32,7 @@ from .simd import (at, bits_u8x64, block_dots, f16_at, fma, fmul, group_scales, 
                    zeros_f32)
 
 CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core's L2
-TOKENS = 4  # tokens per step of a tile; X is padded with zero rows to a multiple of it
+TOKENS = 4  # tokens per step of a tile; quantized tokens are padded with zeros to a multiple
 
 _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
 _inline = njit(cache=True, forceinline=True)
