@@ -77,6 +77,19 @@ def test_kernel_against_dequantized_float64(qtype, path):
 
 @pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
 @pytest.mark.parametrize("path", SIMD_PATHS)
+@pytest.mark.parametrize("qtype", QTYPES, ids=[q.name for q in QTYPES])
+def test_serial_kernels_equal_parallel(qtype, path):
+    """Small products take a serial build of each kernel (no thread switch): the same
+    arithmetic row by row, so the same bits."""
+    cols = _cols(qtype)[1]
+    blocks, _ = _weights(qtype, 13, cols, 13)
+    x = np.random.default_rng(5).standard_normal(cols).astype(np.float32)
+    np.testing.assert_array_equal(matvec_blocks(path, qtype, blocks, x, parallel=False),
+                                  matvec_blocks(path, qtype, blocks, x))
+
+
+@pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")
+@pytest.mark.parametrize("path", SIMD_PATHS)
 def test_long_rows(path):
     """Rows as long as Mixtral's down projection: an activation larger than L1."""
     cols = 14336

@@ -19,7 +19,7 @@ from .matmul import matmul_tiled
 from .matvec import BY_QTYPE, matvec_blocks
 from .matvec import matvec_multi as _matvec_multi
 from .matvec_plain import matvec_rows
-from .threads import run_split, threads_for
+from .threads import PARALLEL_MIN_BYTES, run_split, threads_for
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
            "matvec", "matvec_multi", "matmul", "matmul_multi", "dequantize", "get_rows"]
@@ -96,10 +96,11 @@ def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     (as llama.cpp does), relative error about 1e-2; float weights and other CPUs: float.
     """
     x = _vectors(x, w.shape[1], 1)
+    if _simd(w):
+        return matvec_blocks(kernel_path(), w.qtype, _blocks(w), x,
+                             parallel=w.nbytes >= PARALLEL_MIN_BYTES)
+    y = np.empty(w.shape[0], np.float32)
     with threads_for(w.nbytes):
-        if _simd(w):
-            return matvec_blocks(kernel_path(), w.qtype, _blocks(w), x)
-        y = np.empty(w.shape[0], np.float32)
         matvec_rows(_kind(w), _blocks(w), x, y)
     return y
 
@@ -108,8 +109,8 @@ def matvec_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
     """[W x for W in ws], quantizing x once (gate and up of an expert; q, k and v)."""
     if ws and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws):
         x = _vectors(x, ws[0].shape[1], 1)
-        with threads_for(sum(w.nbytes for w in ws)):
-            return _matvec_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x)
+        return _matvec_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x,
+                             parallel=sum(w.nbytes for w in ws) >= PARALLEL_MIN_BYTES)
     return [matvec(w, x) for w in ws]
 
 

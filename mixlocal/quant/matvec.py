@@ -465,14 +465,15 @@ def _prefetch(w, o, nbytes):
         prefetch_l2(w, o + PREFETCH_BYTES + line)
 
 
-def _row_kernel(fmt: str, path: str):
+def _row_kernel(fmt: str, path: str, parallel: bool):
     step = type_size(FORMATS[fmt][0])  # bytes per block: a constant in each kernel
+    rows = prange if parallel else range  # in the closure: it keys Numba's cache
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=parallel)
     def kernel(w, xq, xd, xs, y):
         """y[r] = row r of w . the activation (xq, xd, xs); rows split across threads."""
         nb = xd.size
-        for r in prange(w.shape[0]):
+        for r in rows(w.shape[0]):
             o = r * w.shape[1]
             acc0, acc1 = zeros_f32(), zeros_f32()  # two chains hide the FMA latency
             c0, c1 = np.float32(0.0), np.float32(0.0)
@@ -486,15 +487,16 @@ def _row_kernel(fmt: str, path: str):
     return kernel
 
 
-def _grouped_row_kernel(fmt: str, path: str):
+def _grouped_row_kernel(fmt: str, path: str, parallel: bool):
     step = type_size(FORMATS[fmt][0])
+    rows = prange if parallel else range
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=parallel)
     def kernel(w, xq, xd, xs, y):
         """As _row_kernel's, GROUP blocks at a time, then block by block."""
         nb = xd.size
         whole = nb - nb % GROUP
-        for r in prange(w.shape[0]):
+        for r in rows(w.shape[0]):
             o = r * w.shape[1]
             acc, rest, c = zeros_f32(), zeros_f32(), np.float32(0.0)
             for b in range(0, whole, GROUP):
@@ -507,13 +509,15 @@ def _grouped_row_kernel(fmt: str, path: str):
 
 
 @cache
-def kernels(path: str) -> dict:
-    """{GGUF type: kernel(w, xq, xd, xs, y)} for a SIMD path ("vnni" or "avx2").
+def kernels(path: str, parallel: bool = True) -> dict:
+    """{GGUF type: kernel(w, xq, xd, xs, y)} for a SIMD path ("vnni" or "avx2"), rows
+    split across Numba's threads or (parallel False) all on the calling thread.
 
     Compiles lazily, per type on first use; call only with a path this CPU has
     (cpu.available_paths()): compiling another aborts the process.
     """
-    return {qtype: (_grouped_row_kernel if name in _GROUPS else _row_kernel)(name, path)
+    return {qtype: (_grouped_row_kernel if name in _GROUPS else _row_kernel)(name, path,
+                                                                             parallel)
             for name, (qtype, _, _) in FORMATS.items()}
 
 
@@ -523,16 +527,17 @@ def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
 
 
 def matvec_blocks(path: str, qtype: QT, w: np.ndarray, x: Q8 | np.ndarray,
-                  out: np.ndarray | None = None) -> np.ndarray:
-    """y = W x for uint8 blocks w (rows, row_bytes), C-contiguous; x float32 or quantized."""
+                  out: np.ndarray | None = None, parallel: bool = True) -> np.ndarray:
+    """y = W x for uint8 blocks w (rows, row_bytes), C-contiguous; x float32 or quantized;
+    rows split across Numba's threads unless parallel is False."""
     if not isinstance(x, Q8):
         x = quantize_for(qtype, x)
     y = np.empty(w.shape[0], np.float32) if out is None else out
-    kernels(path)[qtype](w, x.q, x.d, x.s, y)
+    kernels(path, parallel)[qtype](w, x.q, x.d, x.s, y)
     return y
 
 
-def matvec_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
+def matvec_multi(path: str, weights, x: np.ndarray, parallel: bool = True) -> list[np.ndarray]:
     """[W x for (qtype, blocks) in weights], quantizing x once per activation kind."""
     quantized = {}
     out = []
@@ -540,5 +545,5 @@ def matvec_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
         quantize = FORMATS[BY_QTYPE[qtype]][2]
         if quantize not in quantized:
             quantized[quantize] = quantize(x)
-        out.append(matvec_blocks(path, qtype, w, quantized[quantize]))
+        out.append(matvec_blocks(path, qtype, w, quantized[quantize], parallel=parallel))
     return out

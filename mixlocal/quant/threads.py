@@ -50,7 +50,9 @@ def set_threads(n: int) -> int:
 
 # Below this many weight bytes a product runs on one thread: the work is a few
 # microseconds, and a parallel region waits for its slowest thread, which on a busy
-# core can be a whole scheduler time slice (a 135M model decoded 5-50x slower).
+# core can be a whole scheduler time slice (a 135M model decoded 5-50x slower). The SIMD
+# matvec takes a serial build of its kernel for these (switching Numba's thread count
+# cost a small model's 240 products a token 4 us each); the float path, threads_for.
 PARALLEL_MIN_BYTES = 1 << 20
 
 
