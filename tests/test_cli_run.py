@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
+from types import SimpleNamespace
 
 import pytest
 from cli_util import MIXLOCAL, assert_one_line_error, cli_env, home, mixlocal  # noqa: F401
 
 from mixlocal.chat import ChatFormat
+from mixlocal.cli.common import stream_answer
 from mixlocal.model import Model
 from mixlocal.sampling import SamplerSettings
 from mixlocal.session import Session
@@ -136,6 +139,27 @@ def test_ctrl_c_exits_130_and_keeps_what_was_printed(moe, home):
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert first and b"Traceback" not in err
+
+
+def test_ctrl_c_stops_the_answer_between_pieces(capsys):
+    """A Ctrl-C that lands while the next piece is computed (inside a jitted call, say)
+    raises nothing there: the answer stops before that piece, with what came before it
+    kept; a second Ctrl-C would interrupt at once."""
+    done = []
+
+    def pieces():
+        yield "a"
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here: a KeyboardInterrupt would cut this step
+        done.append("b")
+        yield "b"
+        yield "c"
+
+    session = SimpleNamespace(observer=None, last=SimpleNamespace(prompt_processed=1))
+    with pytest.raises(KeyboardInterrupt):
+        stream_answer(session, pieces())
+    assert done == ["b"] and capsys.readouterr().out == "a"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_smollm2_default_model_is_fetched_once_and_answers(home):

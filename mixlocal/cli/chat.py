@@ -19,7 +19,7 @@ Commands:
   /stats             token counts and speeds of the last answer
   /bye               exit (or Ctrl-D)
 Write \"\"\" to begin and end a message of several lines.
-Ctrl-C stops an answer and keeps the conversation."""
+Ctrl-C stops an answer at the next token and keeps the conversation."""
 
 # /set names -> (SamplerSettings field, type); max_tokens and experts live on the session.
 SAMPLER_PARAMS = {"temp": ("temperature", float), "temperature": ("temperature", float),

@@ -6,7 +6,9 @@ import dataclasses
 import functools
 import inspect
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from contextlib import closing, contextmanager
@@ -227,6 +229,29 @@ def open_session(opts: GenOptions):
     return session
 
 
+@contextmanager
+def _interrupt_between_pieces():
+    """Ctrl-C while an answer streams stops it before the next piece, where a
+    KeyboardInterrupt is safe: raised inside a jitted call (a Numba function boxing its
+    result, say) it comes back as SystemError ("returned a result with an exception
+    set"). A second Ctrl-C interrupts at once. Yields a function: whether to stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signals reach the main thread only
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def stream_answer(session, pieces, *, stream: bool = True) -> str:
     """Write the answer's pieces to stdout as they come (or at the end); return it.
 
@@ -241,8 +266,11 @@ def stream_answer(session, pieces, *, stream: bool = True) -> str:
     spinner.start()
     compiling = "Compiling the kernels for this CPU (first run only, about a minute)"
     try:
-        with closing(pieces), on_first_compile(lambda: spinner.update(compiling)):
+        with (closing(pieces), on_first_compile(lambda: spinner.update(compiling)),
+              _interrupt_between_pieces() as interrupted):
             for piece in pieces:
+                if interrupted():
+                    raise KeyboardInterrupt
                 spinner.stop()
                 answer.append(piece)
                 if stream:
