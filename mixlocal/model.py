@@ -107,35 +107,40 @@ class Rope:
         return x
 
 
+QUERY_BLOCK = 64  # a prompt's queries per step of attention
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
     """Causal grouped-query attention.
 
     q (n, n_head, hd) at positions start..start+n-1; k, v (T, n_head_kv, hd) for
     positions 0..T-1 with T = start + n. Query head h reads key/value head h // group.
-    Returns (n, n_head * hd). A prompt's key/value heads are split over the threads.
+    Returns (n, n_head * hd). A prompt runs in blocks of QUERY_BLOCK queries per key/value
+    head, split over the threads; each block reads only the keys up to its last query
+    (a 256-token prompt: 5/8 of the work).
     """
     n, n_head, hd = q.shape
     t, n_kv, _ = k.shape
     group = n_head // n_kv
-    qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
-    out = np.empty_like(qg)  # (n_kv, g*n, hd)
-    future = None
-    if n > 1:
-        query_pos = np.tile(np.arange(start, start + n), group)
-        future = np.arange(t)[None, :] > query_pos[:, None]
-
-    def heads(ids: slice):  # of the key/value heads
-        scores = qg[ids] @ k[:, ids].transpose(1, 2, 0)
-        scores *= np.float32(1.0 / np.sqrt(hd))
-        if future is not None:
-            scores[:, future] = -np.inf
-        np.matmul(softmax(scores), v[:, ids].transpose(1, 0, 2), out=out[ids])
-
-    if n > 1:  # one head at a time stays in cache (1.1x on one thread)
-        threads.run_split(lambda part: [heads(slice(h, h + 1)) for h in part], range(n_kv))
+    scale = np.float32(1.0 / np.sqrt(hd))
+    qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, hd)
+    out = np.empty((n_kv, group, n, hd), np.float32)
+    if n == 1:  # a token: every head at once, no future keys
+        scores = qg[:, :, 0] @ k.transpose(1, 2, 0)  # (n_kv, group, T)
+        scores *= scale
+        out[:, :, 0] = softmax(scores) @ v.transpose(1, 0, 2)
     else:
-        heads(slice(None))
-    return out.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_head * hd)
+        def attend(blocks):
+            for h, a in blocks:  # key/value head h, queries a..b-1
+                b = min(a + QUERY_BLOCK, n)
+                end = start + b
+                scores = qg[h, :, a:b] @ k[:end, h].T  # (group, b - a, end)
+                scores *= scale
+                scores[:, np.arange(end)[None, :] > np.arange(start + a, end)[:, None]] = -np.inf
+                np.matmul(softmax(scores), v[:end, h], out=out[h, :, a:b])
+
+        threads.run_split(attend, [(h, a) for h in range(n_kv) for a in range(0, n, QUERY_BLOCK)])
+    return out.transpose(2, 0, 1, 3).reshape(n, n_head * hd)
 
 
 def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
