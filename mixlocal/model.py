@@ -139,7 +139,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
                 scores[:, np.arange(end)[None, :] > np.arange(start + a, end)[:, None]] = -np.inf
                 np.matmul(softmax(scores), v[:end, h], out=out[h, :, a:b])
 
-        threads.run_split(attend, [(h, a) for h in range(n_kv) for a in range(0, n, QUERY_BLOCK)])
+        # the longest blocks first: run_split deals them out in turn, evenly
+        threads.run_split(attend, [(h, a) for a in reversed(range(0, n, QUERY_BLOCK))
+                                   for h in range(n_kv)])
     return out.transpose(2, 0, 1, 3).reshape(n, n_head * hd)
 
 
