@@ -10,7 +10,7 @@ from reference import Reference
 
 from mixlocal.gguf_file import GGUFFile
 from mixlocal.kv_cache import ContextOverflowError
-from mixlocal.model import Model
+from mixlocal.model import Model, attention
 
 # With float weights every product is float32: measured errors are ~2e-6 of the
 # logits' spread. With quantized weights a product on one row (a decoded token, an
@@ -240,3 +240,21 @@ def test_smollm2_matches_reference(smollm2_path):
         assert _rel_err(got, want) < 0.25
         np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
     assert tokenizer.decode([int(want[-1].argmax())]) == " Paris"
+
+
+@pytest.mark.parametrize("n,start", [(1, 40), (7, 0), (150, 0), (150, 37)])
+def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start):
+    """A prompt's attention runs in blocks of QUERY_BLOCK queries, each against the keys
+    up to its last query (blocks of 64: 150 queries take three): float64 reference."""
+    rng = np.random.default_rng(n + start)
+    n_head, n_kv, hd = 8, 2, 16
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    k, v = (rng.standard_normal((start + n, n_kv, hd)).astype(np.float32) for _ in range(2))
+    got = attention(q, k, v, start)
+    want = np.empty((n, n_head, hd))
+    for h in range(n_head):
+        scores = q[:, h].astype(np.float64) @ k[:, h * n_kv // n_head].T / np.sqrt(hd)
+        scores[np.arange(start + n)[None, :] > np.arange(start, start + n)[:, None]] = -np.inf
+        weights = np.exp(scores - scores.max(1, keepdims=True))
+        want[:, h] = weights / weights.sum(1, keepdims=True) @ v[:, h * n_kv // n_head]
+    np.testing.assert_allclose(got, want.reshape(n, -1), rtol=0, atol=1e-5)
