@@ -1,7 +1,7 @@
 """The llama / Mixtral forward pass over quantized weights.
 
 One code path serves a prompt and a single token: every product goes through
-`_linear`, which uses a matrix-vector kernel for one row and a matrix product for
+`quant.matmul`, which uses a matrix-vector kernel for one row and a matrix product for
 many. In the MoE layer all tokens are routed first, then each chosen expert runs once
 on the tokens it received; experts nobody chose are never read.
 """
@@ -75,21 +75,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _linear(w: quant.QTensor, x: np.ndarray) -> np.ndarray:
-    """x (n, cols) -> (n, rows)."""
-    if len(x) == 1:
-        return quant.matvec(w, x[0])[None, :]
-    return quant.matmul(w, x)
-
-
-def _linears(ws: list[quant.QTensor], x: np.ndarray) -> list[np.ndarray]:
-    """[_linear(w, x) for w in ws]: the products read the same input, and share one
-    8-bit quantization of it."""
-    if len(x) == 1:
-        return [y[None] for y in quant.matvec_multi(ws, x[0])]
-    return quant.matmul_multi(ws, x)
-
-
 class Rope:
     """llama.cpp's "normal" RoPE: rotates adjacent pairs (x[2i], x[2i+1]) of the first
     rope_dim features by pos * base^(-2i/rope_dim). A pair is a complex number, so the
@@ -146,10 +131,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
 
 
 def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
-    """SwiGLU: down(silu(gate x) * up x). One token: gate and up share one 8-bit
-    quantization of x (they read the same input)."""
-    gate, up = _linears([e.gate, e.up], x)
-    return _linear(e.down, swiglu(gate, up))
+    """SwiGLU: down(silu(gate x) * up x); gate and up share one 8-bit quantization of x
+    (they read the same input)."""
+    gate, up = quant.matmul_multi([e.gate, e.up], x)
+    return quant.matmul(e.down, swiglu(gate, up))
 
 
 def route(router: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,8 +218,8 @@ class Model:
         for i, layer in enumerate(w.layers):
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
             every_q = i != last or n == 1  # queries of every token, with the keys and values
-            *q, keys, values = _linears([layer.wq, layer.wk, layer.wv] if every_q else
-                                        [layer.wk, layer.wv], h)
+            projections = [layer.wq, layer.wk, layer.wv] if every_q else [layer.wk, layer.wv]
+            *q, keys, values = quant.matmul_multi(projections, h)
             cache.k[i, start:end] = self._rope(keys.reshape(n, c.n_head_kv, c.head_dim),
                                                positions)
             cache.v[i, start:end] = values.reshape(n, c.n_head_kv, c.head_dim)
@@ -243,10 +228,10 @@ class Model:
                 # values are cached now: the rest runs on that token alone (llama.cpp
                 # does the same; on a prompt it saves most of the last layer).
                 x, h, positions = x[-1:], h[-1:], positions[-1:]
-            q = q[0] if every_q else _linear(layer.wq, h)
+            q = q[0] if every_q else quant.matmul(layer.wq, h)
             q = self._rope(q.reshape(len(h), c.n_head, c.head_dim), positions)
             a = attention(q, cache.k[i, :end], cache.v[i, :end], positions[0])
-            x = x + _linear(layer.wo, a)
+            x = x + quant.matmul(layer.wo, a)
 
             h = rms_norm(x, layer.ffn_norm, c.norm_eps)
             if layer.router is None:
@@ -259,4 +244,4 @@ class Model:
         cache.append(tokens)
         if not logits_all:
             x = x[-1:]
-        return _linear(w.output, rms_norm(x, w.output_norm, c.norm_eps))
+        return quant.matmul(w.output, rms_norm(x, w.output_norm, c.norm_eps))

@@ -8,7 +8,6 @@ SentencePieceProcessor, so encoding is sentencepiece's own, byte for byte.
 
 from __future__ import annotations
 
-import struct
 
 import numpy as np
 import sentencepiece as spm

@@ -103,3 +103,5 @@ def test_gemm_multi_quantizes_once_per_kind(path, monkeypatch):
     tensors = [QTensor(qtype, (len(blocks), cols), blocks) for qtype, blocks in ws]
     for y, y_multi in zip(got, quant.matmul_multi(tensors, x)):
         np.testing.assert_array_equal(y, y_multi)
+    for w, y in zip(tensors, quant.matmul_multi(tensors, x[:1])):  # one token: matvec
+        np.testing.assert_array_equal(y, quant.matvec(w, x[0])[None])

@@ -105,9 +105,14 @@ def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     return y
 
 
+def _share_input(ws: list[QTensor]) -> bool:
+    """Whether products by ws can share one 8-bit quantization of their input."""
+    return bool(ws) and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws)
+
+
 def matvec_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
     """[W x for W in ws], quantizing x once (gate and up of an expert; q, k and v)."""
-    if ws and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws):
+    if _share_input(ws):
         x = _vectors(x, ws[0].shape[1], 1)
         return _matvec_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x,
                              parallel=sum(w.nbytes for w in ws) >= PARALLEL_MIN_BYTES)
@@ -132,7 +137,9 @@ def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
 def matmul_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
     """[matmul(W, x) for W in ws], quantizing x once per kind of activations (gate and
     up of an expert; q, k and v)."""
-    if len(x) > 1 and ws and all(_simd(w) and w.shape[1] == ws[0].shape[1] for w in ws):
+    if len(x) == 1:
+        return [y[None] for y in matvec_multi(ws, x[0])]
+    if _share_input(ws):
         x = _vectors(x, ws[0].shape[1], 2)
         return matmul_q8_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x)
     return [matmul(w, x) for w in ws]
