@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from . import quant
+from . import heap, quant
 from .config import ModelConfig
 from .gguf_file import GGUFFile
 from .kv_cache import KVCache
@@ -108,26 +108,31 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     t, n_kv, _ = k.shape
     group = n_head // n_kv
     scale = np.float32(1.0 / np.sqrt(hd))
-    qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, hd)
-    out = np.empty((n_kv, group, n, hd), np.float32)
     if n == 1:  # a token: every head at once, no future keys
-        scores = qg[:, :, 0] @ k.transpose(1, 2, 0)  # (n_kv, group, T)
+        scores = q[0].reshape(n_kv, group, hd) @ k.transpose(1, 2, 0)  # (n_kv, group, T)
         scores *= scale
-        out[:, :, 0] = softmax(scores) @ v.transpose(1, 0, 2)
-    else:
-        def attend(blocks):
-            for h, a in blocks:  # key/value head h, queries a..b-1
-                b = min(a + QUERY_BLOCK, n)
-                end = start + b
-                scores = qg[h, :, a:b] @ k[:end, h].T  # (group, b - a, end)
-                scores *= scale
-                scores[:, np.arange(end)[None, :] > np.arange(start + a, end)[:, None]] = -np.inf
-                np.matmul(softmax(scores), v[:end, h], out=out[h, :, a:b])
+        return (softmax(scores) @ v.transpose(1, 0, 2)).reshape(1, n_head * hd)
 
-        # the longest blocks first: run_split deals them out in turn, evenly
-        threads.run_split(attend, [(h, a) for a in reversed(range(0, n, QUERY_BLOCK))
-                                   for h in range(n_kv)])
-    return out.transpose(2, 0, 1, 3).reshape(n, n_head * hd)
+    out = np.empty((n, n_head, hd), np.float32)
+    # -inf where a query's key lies in its future, in a block's last QUERY_BLOCK keys
+    future = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)
+
+    def attend(blocks):
+        for h, a in blocks:  # key/value head h, queries a..b-1
+            b = min(a + QUERY_BLOCK, n)
+            end = start + b
+            heads = slice(h * group, (h + 1) * group)
+            # the group's heads stacked, one matrix product for all of them (1.2-1.4x
+            # over a batch of products): rows are (query, head) pairs
+            scores = q[a:b, heads].reshape(-1, hd) @ k[:end, h].T  # ((b - a) group, end)
+            scores *= scale
+            scores.reshape(b - a, group, end)[:, :, start + a:] += future[:b - a, None, :b - a]
+            out[a:b, heads] = (softmax(scores) @ v[:end, h]).reshape(b - a, group, hd)
+
+    # the longest blocks first: run_split deals them out in turn, evenly
+    threads.run_split(attend, [(h, a) for a in reversed(range(0, n, QUERY_BLOCK))
+                               for h in range(n_kv)])
+    return out.reshape(n, n_head * hd)
 
 
 def feed_forward(e: Expert, x: np.ndarray) -> np.ndarray:
@@ -174,7 +179,9 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, n_ctx: int | None = None) -> Model:
-        """Open a GGUF file (memory-mapped: weights are not copied)."""
+        """Open a GGUF file (memory-mapped: weights are not copied), and have malloc keep
+        the forward pass's freed temporaries for the next pass (heap.py)."""
+        heap.keep_freed_memory()
         f = GGUFFile(path)
         config = ModelConfig.from_gguf(f)
         return cls(config, load_weights(f, config), f, n_ctx)
