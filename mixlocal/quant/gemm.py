@@ -267,7 +267,8 @@ def _quad(fmt, acc, sb, xq, xd, xs, tb):
 
 @_inline
 def _store_sums(y, r, t, acc):
-    for k in range(TOKENS):
+    """Tokens t..t + 3 of row r, less those past len(y): padding."""
+    for k in range(min(TOKENS, len(y) - t)):
         y[t + k, r] = hsum(acc[k])
 
 
@@ -299,26 +300,42 @@ def _row_by4(fmt, w, o, step, nb, xq, xd, xs, tb):
     return acc
 
 
+@_inline
+def _row_by1(fmt, w, o, step, nb, xq, xd, xs, tb):
+    """As _row_by4 for one token of a tile of 4 (tb: its first flat block)."""
+    acc = zeros_f32()
+    for b in range(nb):
+        acc = _token(fmt, acc, _decode(fmt, w, o + b * step), xq, xd, xs, tb + TOKENS * b)
+    return acc
+
+
 TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
 
 
 def _kernel_k(fmt: str):
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
-        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_layout);
-        rows split across threads."""
+        """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_layout: the
+        activations hold len(y) tokens and zeros up to a multiple of 4); one or two
+        tokens past the last 4 run alone, where a tile of 4 would mostly compute zeros.
+        Rows split across threads."""
         n = len(y)
-        nb = xq.size // n // 256  # super-blocks per token
+        padded = -(-n // TOKENS) * TOKENS
+        nb = xq.size // padded // 256  # super-blocks per token
         step = w.shape[1] // nb
-        full = n // TILE * TILE
+        full = padded // TILE * TILE
+        alone = n % TOKENS if n > full and n % TOKENS <= 2 else 0
         for r in prange(w.shape[0]):
             o = r * w.shape[1]
             for t in range(0, full, TILE):
                 quads = _row_by16(fmt, w, o, step, nb, xq, xd, xs, t * nb)
                 for k in range(TILE // TOKENS):
                     _store_sums(y, r, t + TOKENS * k, quads[k])
-            for t in range(full, n, TOKENS):
+            for t in range(full, n - alone, TOKENS):
                 _store_sums(y, r, t, _row_by4(fmt, w, o, step, nb, xq, xd, xs, t * nb))
+            last = n - alone  # the first token of the last tile of 4
+            for t in range(last, n):
+                y[t, r] = hsum(_row_by1(fmt, w, o, step, nb, xq, xd, xs, last * nb + t - last))
     return kernel
 
 @cache
@@ -365,7 +382,7 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
                 _aligned(padded * x.shape[1], np.int8))
         xq, xd, xs = quantized[quantize, tiled]
         xs = _sums(qtype, tiled, xd, xs)
-        out.append(_product(path, qtype, w, (xq, xd, xs), tiled, padded)[:n])
+        out.append(_product(path, qtype, w, (xq, xd, xs), tiled, n))
     return out
 
 
@@ -397,19 +414,22 @@ def _sums(qtype, tiled: bool, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 def _product(path: str, qtype, w: np.ndarray, activations, tiled: bool,
              n: int) -> np.ndarray:
-    """w times n tokens' quantized activations (xq, xd, xs) laid out by _layout."""
-    y = np.empty((n, w.shape[0]), np.float32)
+    """w times n tokens' quantized activations (xq, xd, xs), laid out by _layout and
+    padded to a multiple of TOKENS. The tile kernels leave out the padding; the others
+    compute it too."""
+    padded = -(-n // TOKENS) * TOKENS
+    y = np.empty((n if tiled else padded, w.shape[0]), np.float32)
     kernel = (tile_kernels() if tiled else kernels(path))[qtype]
-    xq, xd, xs = (a.reshape(n, -1) for a in activations)
+    xq, xd, xs = (a.reshape(padded, -1) for a in activations)
     # Tokens in chunks whose activations stay in L2 while every row passes over them;
     # whole tiles, so each chunk is laid out as _layout lays out its tokens alone.
     chunk = max(TILE, CHUNK_BYTES // xq.shape[1] // TILE * TILE)
-    for t in range(0, n, chunk):
+    for t in range(0, padded, chunk):
         part = xq[t:t + chunk], xd[t:t + chunk], xs[t:t + chunk]
         if tiled:
             part = [a.reshape(-1) for a in part]
         kernel(w, *part, y[t:t + chunk])
-    return y
+    return y[:n]
 
 
 def _aligned(size: int, dtype) -> np.ndarray:
