@@ -27,8 +27,8 @@ from numba.extending import overload
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
                      q5_k_pairs, q6_pairs, q6_scales, q45_scales)
-from .simd import (at, bits_u8x64, block_dots, f16_at, fma, fmul, group_scales, hsum,
-                   load_f32x8, low_i32, mul_i16, plus_128, spread_pairs, strided_halves,
+from .simd import (at, block_dots, f16_at, fma, fmul, group_scales, hsum, load_f32x8,
+                   load_u8x64, low_i32, mul_i16, plus_128, spread_pairs, strided_halves,
                    zeros_f32)
 
 CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core's L2
@@ -209,10 +209,9 @@ _q8_0_scales = strided_halves(34)  # the d of eight consecutive Q8_0 blocks
 def _q8_0_sb(w, o):
     """Eight Q8_0 blocks (f16 d, 32 int8) as one 256-weight super-block: the weights
     plus 128, unsigned for the dot products, and the eight d."""
-    pairs = (plus_128(bits_u8x64(w, o + 2, o + 36, 0, 0, 255)),
-             plus_128(bits_u8x64(w, o + 70, o + 104, 0, 0, 255)),
-             plus_128(bits_u8x64(w, o + 138, o + 172, 0, 0, 255)),
-             plus_128(bits_u8x64(w, o + 206, o + 240, 0, 0, 255)))
+    pairs = (plus_128(load_u8x64(w, o + 2, o + 36)), plus_128(load_u8x64(w, o + 70, o + 104)),
+             plus_128(load_u8x64(w, o + 138, o + 172)),
+             plus_128(load_u8x64(w, o + 206, o + 240)))
     return pairs, _q8_0_scales(w, o)
 
 
