@@ -1,10 +1,13 @@
 """How the quant kernels use the cores.
 
-Matrix-vector products run in Numba's prange. Matrix-matrix work (dequantize, matmul)
-runs in one pool of Python threads: each thread decodes a tile with a Numba kernel that
-releases the GIL, then multiplies it with single-threaded BLAS while it is still in its
-cache. BLAS is therefore set to one thread when this module loads: OpenBLAS's spinning
-workers and Numba's, alternating on the same cores, ran a 2-core machine 10x slower.
+The integer kernels (matrix-vector products, and the 8-bit prompt products) run in
+Numba's prange. Work in numpy and BLAS runs in one pool of Python threads (`run_split`):
+a prompt's attention, and the float path's matrix products, where each thread decodes a
+tile with a Numba kernel that releases the GIL and multiplies it with single-threaded
+BLAS while it is still in its cache. BLAS is therefore set to one thread when this
+module loads: OpenBLAS's spinning workers and Numba's, alternating on the same cores,
+ran a 2-core machine 10x slower. For the same reason Numba's own workers spin only
+briefly (below).
 
 The thread count is Numba's (`numba.set_num_threads`, or `set_threads` here).
 """
