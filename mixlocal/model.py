@@ -63,9 +63,13 @@ def _exp(y):
     y = min(max(y, np.float32(-87.0)), np.float32(89.0))
     n = np.rint(y * np.float32(1.4426950408889634))
     f = y - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.0) + f * (np.float32(1.0) + f * (np.float32(1 / 2) + f * (
-        np.float32(1 / 6) + f * (np.float32(1 / 24) + f * (np.float32(1 / 120)
-                                                           + f * np.float32(1 / 720))))))
+    p = np.float32(1 / 720)  # Horner: 1 + f + f^2 / 2 + ... + f^6 / 720
+    p = p * f + np.float32(1 / 120)
+    p = p * f + np.float32(1 / 24)
+    p = p * f + np.float32(1 / 6)
+    p = p * f + np.float32(1 / 2)
+    p = p * f + np.float32(1.0)
+    p = p * f + np.float32(1.0)
     return p * np.int32((np.int32(n) + 127) << 23).view(np.float32)
 
 
