@@ -205,9 +205,9 @@ def test_row_bytes_match_kernel_blocks():
 _OTHER_CPU = """
 import numpy as np
 from gguf.quants import dequantize
-from mixlocal.quant import QT, QTensor, cpu, matvec
+from mixlocal.quant import QT, QTensor, cpu, matvec, simd
 from mixlocal.quant.randblocks import random_blocks
-print(",".join(cpu.available_paths()))
+print(",".join(cpu.available_paths()), simd.GFNI)
 rng = np.random.default_rng(0)
 for qtype in (QT.Q4_0, QT.Q8_0, QT.Q4_K, QT.Q6_K):
     w = QTensor(qtype, (9, 512), random_blocks(qtype, (9, 512), rng))
@@ -217,21 +217,27 @@ for qtype in (QT.Q4_0, QT.Q8_0, QT.Q4_K, QT.Q6_K):
 """
 
 
+_AVX2 = "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2"
+
+
 @pytest.mark.parametrize("cpu_name,features,paths", [
-    ("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2", "avx2,plain"),
+    ("haswell", _AVX2, "avx2,plain"),
+    ("cascadelake", _AVX2 + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni",
+     "vnni,avx2,plain"),
     ("generic", "", "plain"),
 ])
 def test_compiling_for_another_cpu(cpu_name, features, paths):
-    """Numba told to compile for an AVX2-only (or a generic) x86 CPU: only the paths
-    that CPU has are offered and compiled, and they are right. Running such code here
-    is fine; compiling VNNI code for it would abort the process. (Numba's cache keys
-    code by CPU name and features: these entries sit beside this host's.)"""
+    """Numba told to compile for an AVX2-only, an AVX512-VNNI without GFNI (its weight
+    bits by shifts, simd._fields), or a generic x86 CPU: only the paths that CPU has are
+    offered and compiled, and they are right. Running such code here is fine; compiling
+    VNNI code for a CPU without it would abort the process. (Numba's cache keys code by
+    CPU name and features: these entries sit beside this host's.)"""
     env = dict(os.environ, NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES=features,
                MIXLOCAL_KERNELS="")
     out = subprocess.run([sys.executable, "-c", _OTHER_CPU], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
-    assert lines[0] == paths
-    for name, err in zip(lines[1::2], lines[2::2]):
+    assert lines[:2] == [paths, "False"]
+    for name, err in zip(lines[2::2], lines[3::2]):
         assert float(err) < (2e-2 if paths != "plain" else EXACT), name
