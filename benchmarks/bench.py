@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+# Workers get the environment this script started with: importing mixlocal here sets
+# GOMP_SPINCOUNT (quant/threads.py), and llama.cpp's OpenMP threads would inherit it.
+_ENV = dict(os.environ)
 N_CTX = 512
 WARMUP_PROMPT = 32  # enough tokens to touch every expert before timing
 SEED = 1234
@@ -192,7 +195,7 @@ def bytes_per_token(path: str) -> tuple[int, int]:
 def _run_worker(python: str, spec: dict) -> dict:
     here = Path(__file__).resolve()
     proc = subprocess.run([python, str(here), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, cwd=here.parent.parent)
+                          capture_output=True, text=True, cwd=here.parent.parent, env=_ENV)
     if proc.returncode:
         raise RuntimeError(f"{spec['engine']} worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -46,7 +46,8 @@ _set_blas_threads(1)
 # kernels, attention's threads above all, then shares its cores with them (attention
 # took 12 ms on two threads instead of 7). 10,000 polls, well under a millisecond, still
 # bridge the gaps between a token's products. libgomp reads this once, when Numba first
-# starts its workers.
+# starts its workers; child processes inherit it (benchmarks/bench.py gives its llama.cpp
+# workers the environment it started with).
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _pool = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
                            thread_name_prefix="mixlocal-quant")
