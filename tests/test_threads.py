@@ -73,7 +73,7 @@ def _idle_worker_ms(env: dict) -> float:
 def test_numba_workers_sleep_soon_after_a_kernel():
     """Spinning workers would take the cores that numpy's work between kernels needs."""
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    # measured here: 0.2-1.8 ms, against 7.5-10.7 with libgomp's default
-    assert _idle_worker_ms(env) < 4.0
+    # measured here: 0.7-4.4 ms, against 7.5-10.7 with libgomp's default
+    assert _idle_worker_ms(env) < 6.0
     # the default, for contrast: the check can tell the two apart
-    assert _idle_worker_ms({**env, "GOMP_SPINCOUNT": "300000"}) > 5.0
+    assert _idle_worker_ms({**env, "GOMP_SPINCOUNT": "300000"}) > 6.0

@@ -44,11 +44,12 @@ _set_blas_threads(1)
 # Numba's OpenMP workers poll for the next parallel region before they sleep: by default
 # 300,000 polls, 7-10 ms of a core after every kernel. The numpy work between a prompt's
 # kernels, attention's threads above all, then shares its cores with them (attention
-# took 12 ms on two threads instead of 7). 10,000 polls, well under a millisecond, still
-# bridge the gaps between a token's products. libgomp reads this once, when Numba first
-# starts its workers; child processes inherit it (benchmarks/bench.py gives its llama.cpp
-# workers the environment it started with).
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# took 12 ms on two threads instead of 8). 30,000 polls, about a millisecond, still
+# bridge the gaps between a token's products (10,000 cost two threads' decoding a few
+# percent). libgomp reads this once, when Numba first starts its workers; child
+# processes inherit it (benchmarks/bench.py gives its llama.cpp workers the environment
+# it started with).
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 _pool = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
                            thread_name_prefix="mixlocal-quant")
 
