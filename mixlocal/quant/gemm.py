@@ -38,6 +38,12 @@ _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
 _inline = njit(cache=True, forceinline=True)
 
 
+@njit(cache=True)
+def _padded(n):
+    """n tokens padded with zeros to a multiple of TOKENS, as they are quantized."""
+    return -(-n // TOKENS) * TOKENS
+
+
 @_inline
 def _four(fmt, path, acc, corr, w, o, xq, xd, xs, tb, nb):
     """Weight block b of the row at byte o against tokens t..t+3, tb = t nb + b: the
@@ -319,7 +325,7 @@ def _kernel_k(fmt: str):
         tokens past the last 4 run alone, where a tile of 4 would mostly compute zeros.
         Rows split across threads."""
         n = len(y)
-        padded = -(-n // TOKENS) * TOKENS
+        padded = _padded(n)
         nb = xq.size // padded // 256  # super-blocks per token
         step = w.shape[1] // nb
         full = padded // TILE * TILE
@@ -368,7 +374,7 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
     """[matmul_q8(path, qtype, w, x) for (qtype, w) in weights], quantizing x once per
     kind of activations and layout (gate and up of an expert; q, k and v)."""
     n = len(x)
-    padded = -(-n // TOKENS) * TOKENS  # the kernels take tokens 4 at a time
+    padded = _padded(n)  # the kernels take tokens 4 at a time
     quantized = {}
     out = []
     for qtype, w in weights:
@@ -416,7 +422,7 @@ def _product(path: str, qtype, w: np.ndarray, activations, tiled: bool,
     """w times n tokens' quantized activations (xq, xd, xs), laid out by _layout and
     padded to a multiple of TOKENS. The tile kernels leave out the padding; the others
     compute it too."""
-    padded = -(-n // TOKENS) * TOKENS
+    padded = _padded(n)
     y = np.empty((n if tiled else padded, w.shape[0]), np.float32)
     kernel = (tile_kernels() if tiled else kernels(path))[qtype]
     xq, xd, xs = (a.reshape(padded, -1) for a in activations)
