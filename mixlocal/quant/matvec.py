@@ -27,10 +27,10 @@ from numba.extending import overload
 
 from ..ggml_types import GGMLType as QT
 from .formats import type_size
-from .q8 import Q8, quantize_q8_0, quantize_q8_k
+from .q8 import Q8, quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles
 from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at,
                    f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
-                   load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16, or_shl,
+                   load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16, nibble_order, or_shl,
                    prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs, strided_halves,
                    sum_i32x8, u32_at, zero_sum, zeros_f32, zeros_i32)
 
@@ -170,21 +170,28 @@ def _q45_k(path, fmt, acc, w, o, xq, xd, xs, b, int_sums):
                     at(xd, b))
 
 
+# Q4_K and Q5_K visit their 32-weight chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (see
+# _q45_pair), their activations quantized in that order (quantize_q8_k_nibbles), and
+# their scales and minimums put in it by q45_scales.
+
 @_inline
 def q45_scales(w, o):
-    """Q4_K / Q5_K: the 8 six-bit scales and 8 minimums, in lanes 0-7 of two i16x16."""
+    """Q4_K / Q5_K: the 8 six-bit scales and 8 minimums, in lanes 0-7 of two i16x16, in
+    the chunks' order."""
     u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
-    return (bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0),
-            bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0))
+    sc = bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0)
+    mn = bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0)
+    return nibble_order(sc), nibble_order(mn)
 
 
 @_inline
 def _q45_chunk(w, o, qh, qs, j):
-    """Chunk j: nibbles of the 32 bytes chunks j - j % 2 (low) and j - j % 2 + 1 (high)
-    share, with fifth bit j of each byte at qh."""
-    q = shr_and(load_u8x32(w, o + qs + 16 * (j - j % 2)), 4 * (j % 2), 15)
+    """The chunk visited j-th, c: nibbles of the 32 bytes chunks c - c % 2 (low) and
+    c - c % 2 + 1 (high) share, with fifth bit c of each byte at qh."""
+    c = j ^ 3 if j % 4 == 1 or j % 4 == 2 else j
+    q = shr_and(load_u8x32(w, o + qs + 16 * (c - c % 2)), 4 * (c % 2), 15)
     if qh >= 0:
-        q = or_shl(q, shr_and(load_u8x32(w, o + qh), j, 1), 4)
+        q = or_shl(q, shr_and(load_u8x32(w, o + qh), c, 1), 4)
     return q
 
 
@@ -288,11 +295,13 @@ def _q2_chunk(w, o, j):
 
 @_inline
 def _q45_pair(w, o, qh, qs, k):
-    """Q4_K / Q5_K chunks 2k (low nibbles) and 2k + 1 (high) of the 32 bytes at qs + 32k,
-    with their fifth bits 2k and 2k + 1 at qh (-1: none)."""
-    q = bits_u8x64(w, o + qs + 32 * k, o + qs + 32 * k, 0, 4, 15)
+    """Q4_K / Q5_K chunks c and c + 2, c = 4 (k // 2) + k % 2: the low (k even) or high
+    nibbles of the 64 bytes at qs + 64 (k // 2), with their fifth bits c and c + 2 at qh
+    (-1: none)."""
+    a, s, c = o + qs + 64 * (k // 2), 4 * (k % 2), 4 * (k // 2) + k % 2
+    q = bits_u8x64(w, a, a + 32, s, s, 15)
     if qh >= 0:
-        q = or_shl(q, bits_u8x64(w, o + qh, o + qh, 2 * k, 2 * k + 1, 1), 4)
+        q = or_shl(q, bits_u8x64(w, o + qh, o + qh, c, c + 2, 1), 4)
     return q
 
 
@@ -408,8 +417,8 @@ FORMATS = {
     "q8_0": (QT.Q8_0, _q8_0, quantize_q8_0),
     "q2_k": (QT.Q2_K, _q2_k, quantize_q8_k),
     "q3_k": (QT.Q3_K, _q3_k, quantize_q8_k),
-    "q4_k": (QT.Q4_K, _q4_k, quantize_q8_k),
-    "q5_k": (QT.Q5_K, _q5_k, quantize_q8_k),
+    "q4_k": (QT.Q4_K, _q4_k, quantize_q8_k_nibbles),
+    "q5_k": (QT.Q5_K, _q5_k, quantize_q8_k_nibbles),
     "q6_k": (QT.Q6_K, _q6_k, quantize_q8_k),
 }
 BY_QTYPE = {qtype: name for name, (qtype, _, _) in FORMATS.items()}

@@ -20,18 +20,22 @@ class Q8(NamedTuple):
     q: np.ndarray  # int8 (n,)
     d: np.ndarray  # float32 (n // block,): value i is q[i] * d[i // block]
     s: np.ndarray  # sums of q: float32 per block (Q8_0), int16 per 16 values (Q8_K)
+    swap: bool = False  # runs of 32 stored 0, 2, 1, 3 per 128 (see Quantizer)
 
     def dequantize(self) -> np.ndarray:
-        """The float32 vector these bytes stand for."""
+        """The float32 vector these bytes stand for, in the order it was given."""
         block = self.q.size // self.d.size
-        return (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
+        x = (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
+        return x.reshape(-1, 4, 32)[:, [0, 2, 1, 3]].reshape(-1) if self.swap else x
 
 
 @njit(cache=True, forceinline=True)
-def _row(x, q, d, s, first, stride, group, block, sum_len):
+def _row(x, q, d, s, first, stride, group, block, sum_len, swap):
     """Block k of x to position (first + (k // group) stride) group + k % group of q, d
-    (one each) and s: runs of `group` blocks stay together. Inlined where block and
-    sum_len are constants: the loops then vectorize (4-5x over run-time lengths)."""
+    (one each) and s: runs of `group` blocks stay together. With swap, the second and
+    third 32 values of every 128 trade places in q (and s follows q). Inlined where
+    block, sum_len and swap are constants: the loops then vectorize (4-5x over run-time
+    lengths)."""
     bits = x.view(np.int32)
     per_block = block // sum_len
     for k in range(x.size // block):
@@ -45,8 +49,10 @@ def _row(x, q, d, s, first, stride, group, block, sum_len):
         scale = np.int32(top).view(np.float32) / np.float32(127.0)
         inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
         d[j] = scale
-        for i in range(block):
-            qb[i] = np.int8(np.rint(xb[i] * inv))
+        for run in range(block // 32):
+            src = run ^ 3 if swap and run % 4 in (1, 2) else run  # 0, 2, 1, 3 per 128
+            for i in range(32):
+                qb[32 * run + i] = np.int8(np.rint(xb[32 * src + i] * inv))
         for g in range(per_block):
             total = np.int32(0)  # |sum| <= 32 * 127
             for i in range(g * sum_len, (g + 1) * sum_len):
@@ -54,9 +60,9 @@ def _row(x, q, d, s, first, stride, group, block, sum_len):
             s[j * per_block + g] = np.int16(total)
 
 
-def _kernels(block: int, sum_len: int):
-    """The jitted quantizers of one kind, block and sum_len constants in them (closures
-    over numbers only: Numba's cache keys on their values)."""
+def _kernels(block: int, sum_len: int, swap: bool):
+    """The jitted quantizers of one kind, block, sum_len and swap constants in them
+    (closures over numbers only: Numba's cache keys on their values)."""
     @njit(cache=True)
     def vector(x):
         # allocated here: Numba aligns arrays to 32 bytes, where numpy's large ones sit 16
@@ -64,7 +70,7 @@ def _kernels(block: int, sum_len: int):
         q = np.empty(x.size, np.int8)
         d = np.empty(x.size // block, np.float32)
         s = np.empty(x.size // sum_len, np.int16)
-        _row(x, q, d, s, 0, 1, 1, block, sum_len)
+        _row(x, q, d, s, 0, 1, 1, block, sum_len, swap)
         return q, d, s
 
     @njit(cache=True, parallel=True)
@@ -72,17 +78,18 @@ def _kernels(block: int, sum_len: int):
         zeros = np.zeros(x.shape[1], np.float32)  # the rows past x's: padding
         for t in prange(len(first)):
             _row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group, block,
-                 sum_len)
+                 sum_len, swap)
 
     return vector, rows
 
 
 class Quantizer:
-    """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`."""
+    """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`,
+    each 128 values' 32-value runs stored in the order 0, 2, 1, 3 if `swap`."""
 
-    def __init__(self, block: int, sum_len: int, float_sums: bool):
-        self.block, self.sum_len, self.float_sums = block, sum_len, float_sums
-        self._vector, self._rows = _kernels(block, sum_len)
+    def __init__(self, block: int, sum_len: int, float_sums: bool, swap: bool = False):
+        self.block, self.sum_len, self.float_sums, self.swap = block, sum_len, float_sums, swap
+        self._vector, self._rows = _kernels(block, sum_len, swap)
 
     def __call__(self, x: np.ndarray) -> Q8:
         """x, a vector whose length is a multiple of the block, quantized."""
@@ -91,7 +98,7 @@ class Quantizer:
             raise ValueError(f"need a vector whose length is a multiple of {self.block}, "
                              f"got {x.shape}")
         q, d, s = self._vector(x)
-        return Q8(q, d, s.astype(np.float32) if self.float_sums else s)
+        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.swap)
 
     def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
              q: np.ndarray):
@@ -108,3 +115,7 @@ class Quantizer:
 # Q8_0's sums are float32: the kernels subtract them in float
 quantize_q8_0 = Quantizer(32, 32, float_sums=True)
 quantize_q8_k = Quantizer(256, 16, float_sums=False)
+# Q8_K in the order of Q4_K's and Q5_K's nibbles: 64 bytes hold 32-weight chunks 0 and 2
+# in their low nibbles, 1 and 3 in their high ones, so a 512-bit load and one mask (or
+# one shift) give two chunks whose activations lie side by side
+quantize_q8_k_nibbles = Quantizer(256, 16, float_sums=False, swap=True)

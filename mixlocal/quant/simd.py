@@ -108,8 +108,17 @@ def _fields(builder, v, shifts, mask, gfni=GFNI):
         for q in range(n // 8):
             matrices = builder.insert_element(
                 matrices, _field_matrix(builder, shifts[8 * q // part], mask), _I32(q))
-        return _call(builder, f"llvm.x86.vgf2p8affineqb.{8 * n}", v.type,
-                     [v, builder.bitcast(matrices, v.type), _I8(0)])
+        affine = _call(builder, f"llvm.x86.vgf2p8affineqb.{8 * n}", v.type,
+                       [v, builder.bitcast(matrices, v.type), _I8(0)])
+        # No shift: a mask alone, which any vector pipe runs, where GFNI shares Zen 4's two
+        # multiply pipes with the dot products (the shifts are constants once inlined,
+        # so LLVM keeps one side)
+        unshifted = _I64(1)
+        for shift in shifts:
+            unshifted = builder.and_(unshifted, builder.zext(
+                builder.icmp_unsigned("==", _as_i64(builder, shift), _I64(0)), _I64))
+        masked = builder.and_(v, _splat(builder, builder.trunc(mask, _I8), v.type))
+        return builder.select(builder.trunc(unshifted, ir.IntType(1)), masked, affine)
     # 16-bit shifts (x86 has no 8-bit ones); the mask drops what crosses bytes
     words = ir.VectorType(_I16, n // 2)
     amounts = ir.Constant(words, ir.Undefined)
@@ -419,6 +428,16 @@ def low_i32(typingctx, t):
         low = builder.shuffle_vector(args[0], args[0], _consts(_V32, range(8)))
         return builder.sext(low, _V32)
     return i32x8(t), codegen
+
+
+@intrinsic
+def nibble_order(typingctx, t):
+    """Lanes 0-7 in the order 0, 2, 1, 3, 4, 6, 5, 7 (the order of Q4_K's chunks in
+    pairs of nibbles), lanes 8-15 as they are."""
+    def codegen(context, builder, sig, args):
+        order = [0, 2, 1, 3, 4, 6, 5, 7] + list(range(8, 16))
+        return builder.shuffle_vector(args[0], args[0], _consts(ir.VectorType(_I32, 16), order))
+    return i16x16(t), codegen
 
 
 @intrinsic
