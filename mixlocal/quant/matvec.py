@@ -30,9 +30,10 @@ from .formats import type_size
 from .q8 import Q8, quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles
 from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at,
                    f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
-                   load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16, nibble_order, or_shl,
-                   prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs, strided_halves,
-                   sum_i32x8, u32_at, zero_sum, zeros_f32, zeros_i32)
+                   load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16,
+                   nibble_order, or_shl, prefetch_l2, scaled_pairs, scaled_quad, shr_and,
+                   spread_pairs, strided_halves, sum_i32x8, u32_at, zero_sum, zeros_f32,
+                   zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
