@@ -21,7 +21,8 @@ from gguf.quants import dequantize as gguf_dequantize
 import mixlocal.quant as quant
 from mixlocal.quant import QT, QTensor, cpu, row_bytes
 from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
-from mixlocal.quant.q8 import quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles
+from mixlocal.quant.q8 import (quantize_q8_0, quantize_q8_k, quantize_q8_k_crumbs,
+                               quantize_q8_k_nibbles)
 from mixlocal.quant.randblocks import random_blocks
 
 SIMD_PATHS = [p for p in cpu.available_paths() if p != "plain"]
@@ -156,7 +157,8 @@ def test_matvec_multi_quantizes_once_per_kind():
 
 @pytest.mark.parametrize("quantize,block,sum_len", [(quantize_q8_0, 32, 32),
                                                     (quantize_q8_k, 256, 16),
-                                                    (quantize_q8_k_nibbles, 256, 16)])
+                                                    (quantize_q8_k_nibbles, 256, 16),
+                                                    (quantize_q8_k_crumbs, 256, 16)])
 def test_activation_quantization(quantize, block, sum_len):
     x = np.random.default_rng(2).standard_normal(3 * block).astype(np.float32) * 5
     x[:block] = 0.0  # an all-zero block has scale 0 and values 0
@@ -172,19 +174,23 @@ def test_activation_quantization(quantize, block, sum_len):
         quantize(x[:-1])
 
 
-def test_nibble_order_quantization():
-    """Q4_K's and Q5_K's activations: each 128 values' runs of 32 stored 0, 2, 1, 3, the
-    sums per 16 following the stored values; dequantized back in the given order."""
+@pytest.mark.parametrize("quantize,order", [
+    (quantize_q8_k_nibbles, [0, 2, 1, 3, 4, 6, 5, 7]),
+    (quantize_q8_k_crumbs, [0, 4, 1, 5, 2, 6, 3, 7])])
+def test_activations_in_the_order_of_bit_fields(quantize, order):
+    """Q4_K's and Q5_K's activations (nibbles), Q2_K's and Q3_K's (crumbs): each
+    256 values' runs of 32 stored in `order`, the sums per 16 following the stored
+    values; dequantized back in the given order."""
     x = np.random.default_rng(4).standard_normal(512).astype(np.float32) * 3
-    got = quantize_q8_k_nibbles(x)
-    want = quantize_q8_k(x.reshape(-1, 4, 32)[:, [0, 2, 1, 3]].reshape(-1))
+    got = quantize(x)
+    want = quantize_q8_k(x.reshape(-1, 8, 32)[:, order].reshape(-1))
     for a, b in zip(got, want[:3]):
         np.testing.assert_array_equal(a, b)
-    assert got.swap and not want.swap
     np.testing.assert_array_equal(got.dequantize(), quantize_q8_k(x).dequantize())
 
 
-@pytest.mark.parametrize("quantize", [quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles])
+@pytest.mark.parametrize("quantize", [quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles,
+                                      quantize_q8_k_crumbs])
 def test_rows_quantized_where_the_layout_puts_them(quantize):
     """Quantizer.rows (the GEMM's) equals the vector quantizer row by row, each 256-value
     unit k of row t at unit first[t] + k stride[t]: here the tokens side by side."""

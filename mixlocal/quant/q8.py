@@ -20,22 +20,33 @@ class Q8(NamedTuple):
     q: np.ndarray  # int8 (n,)
     d: np.ndarray  # float32 (n // block,): value i is q[i] * d[i // block]
     s: np.ndarray  # sums of q: float32 per block (Q8_0), int16 per 16 values (Q8_K)
-    swap: bool = False  # runs of 32 stored 0, 2, 1, 3 per 128 (see Quantizer)
+    pair_stride: int = 1  # how its runs of 32 values are stored (see Quantizer)
 
     def dequantize(self) -> np.ndarray:
         """The float32 vector these bytes stand for, in the order it was given."""
         block = self.q.size // self.d.size
         x = (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
-        return x.reshape(-1, 4, 32)[:, [0, 2, 1, 3]].reshape(-1) if self.swap else x
+        if self.pair_stride == 1:
+            return x
+        span = 2 * self.pair_stride
+        stored = [source_run(v, self.pair_stride) for v in range(span)]
+        return x.reshape(-1, span, 32)[:, np.argsort(stored)].reshape(-1)
+
+
+@njit(cache=True)
+def source_run(v, pair_stride):
+    """The run of 32 values of x stored v-th where runs r and r + pair_stride are stored
+    side by side: 0, p, 1, 1 + p, ..., p - 1, 2p - 1, then the same from 2p on."""
+    span = 2 * pair_stride
+    return v // span * span + v % 2 * pair_stride + v % span // 2
 
 
 @njit(cache=True, forceinline=True)
-def _row(x, q, d, s, first, stride, group, block, sum_len, swap):
+def _row(x, q, d, s, first, stride, group, block, sum_len, pair_stride):
     """Block k of x to position (first + (k // group) stride) group + k % group of q, d
-    (one each) and s: runs of `group` blocks stay together. With swap, the second and
-    third 32 values of every 128 trade places in q (and s follows q). Inlined where
-    block, sum_len and swap are constants: the loops then vectorize (4-5x over run-time
-    lengths)."""
+    (one each) and s: runs of `group` blocks stay together. The block's runs of 32
+    values go to q in source_run's order (s follows q). Inlined where block, sum_len and
+    pair_stride are constants: the loops then vectorize (4-5x over run-time lengths)."""
     bits = x.view(np.int32)
     per_block = block // sum_len
     for k in range(x.size // block):
@@ -50,7 +61,7 @@ def _row(x, q, d, s, first, stride, group, block, sum_len, swap):
         inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
         d[j] = scale
         for run in range(block // 32):
-            src = run ^ 3 if swap and run % 4 in (1, 2) else run  # 0, 2, 1, 3 per 128
+            src = source_run(run, pair_stride)
             for i in range(32):
                 qb[32 * run + i] = np.int8(np.rint(xb[32 * src + i] * inv))
         for g in range(per_block):
@@ -60,8 +71,8 @@ def _row(x, q, d, s, first, stride, group, block, sum_len, swap):
             s[j * per_block + g] = np.int16(total)
 
 
-def _kernels(block: int, sum_len: int, swap: bool):
-    """The jitted quantizers of one kind, block, sum_len and swap constants in them
+def _kernels(block: int, sum_len: int, pair_stride: int):
+    """The jitted quantizers of one kind, block, sum_len and pair_stride constants in them
     (closures over numbers only: Numba's cache keys on their values)."""
     @njit(cache=True)
     def vector(x):
@@ -70,7 +81,7 @@ def _kernels(block: int, sum_len: int, swap: bool):
         q = np.empty(x.size, np.int8)
         d = np.empty(x.size // block, np.float32)
         s = np.empty(x.size // sum_len, np.int16)
-        _row(x, q, d, s, 0, 1, 1, block, sum_len, swap)
+        _row(x, q, d, s, 0, 1, 1, block, sum_len, pair_stride)
         return q, d, s
 
     @njit(cache=True, parallel=True)
@@ -78,18 +89,20 @@ def _kernels(block: int, sum_len: int, swap: bool):
         zeros = np.zeros(x.shape[1], np.float32)  # the rows past x's: padding
         for t in prange(len(first)):
             _row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group, block,
-                 sum_len, swap)
+                 sum_len, pair_stride)
 
     return vector, rows
 
 
 class Quantizer:
     """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`,
-    each 128 values' 32-value runs stored in the order 0, 2, 1, 3 if `swap`."""
+    runs of 32 values r and r + pair_stride stored side by side (source_run): the order
+    in which a format's kernel reads its weights' 32-weight chunks."""
 
-    def __init__(self, block: int, sum_len: int, float_sums: bool, swap: bool = False):
-        self.block, self.sum_len, self.float_sums, self.swap = block, sum_len, float_sums, swap
-        self._vector, self._rows = _kernels(block, sum_len, swap)
+    def __init__(self, block: int, sum_len: int, float_sums: bool, pair_stride: int = 1):
+        self.block, self.sum_len, self.float_sums = block, sum_len, float_sums
+        self.pair_stride = pair_stride
+        self._vector, self._rows = _kernels(block, sum_len, pair_stride)
 
     def __call__(self, x: np.ndarray) -> Q8:
         """x, a vector whose length is a multiple of the block, quantized."""
@@ -98,7 +111,7 @@ class Quantizer:
             raise ValueError(f"need a vector whose length is a multiple of {self.block}, "
                              f"got {x.shape}")
         q, d, s = self._vector(x)
-        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.swap)
+        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.pair_stride)
 
     def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
              q: np.ndarray):
@@ -115,7 +128,10 @@ class Quantizer:
 # Q8_0's sums are float32: the kernels subtract them in float
 quantize_q8_0 = Quantizer(32, 32, float_sums=True)
 quantize_q8_k = Quantizer(256, 16, float_sums=False)
-# Q8_K in the order of Q4_K's and Q5_K's nibbles: 64 bytes hold 32-weight chunks 0 and 2
-# in their low nibbles, 1 and 3 in their high ones, so a 512-bit load and one mask (or
-# one shift) give two chunks whose activations lie side by side
-quantize_q8_k_nibbles = Quantizer(256, 16, float_sums=False, swap=True)
+# Q8_K in the orders of the K-quants' bit fields, so that a 512-bit load and one mask (or
+# one shift) give two 32-weight chunks whose activations lie side by side: 64 bytes of
+# Q4_K's and Q5_K's nibbles hold chunks 0 and 2 in their low nibbles, 1 and 3 in their
+# high ones; 64 bytes of Q2_K's and Q3_K's 2-bit fields hold chunks 0 and 4 in their
+# lowest bits, 1 and 5 in the next two, and so on
+quantize_q8_k_nibbles = Quantizer(256, 16, float_sums=False, pair_stride=2)
+quantize_q8_k_crumbs = Quantizer(256, 16, float_sums=False, pair_stride=4)
