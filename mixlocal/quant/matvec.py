@@ -27,11 +27,12 @@ from numba.extending import overload
 
 from ..ggml_types import GGMLType as QT
 from .formats import type_size
-from .q8 import Q8, quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles
+from .q8 import (Q8, quantize_q8_0, quantize_q8_k, quantize_q8_k_crumbs, quantize_q8_k_nibbles,
+                 source_run)
 from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at,
                    f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
                    load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16,
-                   nibble_order, or_shl, prefetch_l2, scaled_pairs, scaled_quad, shr_and,
+                   chunk_order, or_shl, prefetch_l2, scaled_pairs, scaled_quad, shr_and,
                    spread_pairs, strided_halves, sum_i32x8, u32_at, zero_sum, zeros_f32,
                    zeros_i32)
 
@@ -173,7 +174,9 @@ def _q45_k(path, fmt, acc, w, o, xq, xd, xs, b, int_sums):
 
 # Q4_K and Q5_K visit their 32-weight chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (see
 # _q45_pair), their activations quantized in that order (quantize_q8_k_nibbles), and
-# their scales and minimums put in it by q45_scales.
+# their scales and minimums put in it by q45_scales; Q2_K and Q3_K in the order 0, 4,
+# 1, 5, 2, 6, 3, 7 (quantize_q8_k_crumbs).
+_nibble_order, _crumb_order = chunk_order(2, 1), chunk_order(4, 2)
 
 @_inline
 def q45_scales(w, o):
@@ -182,14 +185,14 @@ def q45_scales(w, o):
     u0, u1, u2 = u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
     sc = bytes_i16(u0 & _LOW6, (u2 & _LOW4) | (((u0 >> 6) & _LOW2) << 4), 0, 0, 0)
     mn = bytes_i16(u1 & _LOW6, ((u2 >> 4) & _LOW4) | (((u1 >> 6) & _LOW2) << 4), 0, 0, 0)
-    return nibble_order(sc), nibble_order(mn)
+    return _nibble_order(sc), _nibble_order(mn)
 
 
 @_inline
 def _q45_chunk(w, o, qh, qs, j):
     """The chunk visited j-th, c: nibbles of the 32 bytes chunks c - c % 2 (low) and
     c - c % 2 + 1 (high) share, with fifth bit c of each byte at qh."""
-    c = j ^ 3 if j % 4 == 1 or j % 4 == 2 else j
+    c = source_run(j, 2)
     q = shr_and(load_u8x32(w, o + qs + 16 * (c - c % 2)), 4 * (c % 2), 15)
     if qh >= 0:
         q = or_shl(q, shr_and(load_u8x32(w, o + qh), c, 1), 4)
@@ -251,18 +254,22 @@ def _q3_k(path, acc, corr, w, o, xq, xd, xs, b):
 
 @_inline
 def q3_scales(w, o):
-    """Q3_K: the 16 six-bit scales, one per 16 weights, less their offset 32."""
+    """Q3_K: the 16 six-bit scales, one per 16 weights, less their offset 32, in the
+    chunks' order."""
     u0, u1, u2 = u32_at(w, o + 96), u32_at(w, o + 100), u32_at(w, o + 104)
-    return bytes_i16((u0 & _LOW4) | ((u2 & _LOW2) << 4),
-                     (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
-                     ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
-                     ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32)
+    return _crumb_order(bytes_i16((u0 & _LOW4) | ((u2 & _LOW2) << 4),
+                                  (u1 & _LOW4) | (((u2 >> 2) & _LOW2) << 4),
+                                  ((u0 >> 4) & _LOW4) | (((u2 >> 4) & _LOW2) << 4),
+                                  ((u1 >> 4) & _LOW4) | (((u2 >> 6) & _LOW2) << 4), 32))
 
 
 @_inline
 def _q3_chunk(w, o, j):
-    low = shr_and(load_u8x32(w, o + 32 + 32 * (j // 4)), 2 * (j % 4), 3)
-    return or_shl(low, shr_and(load_u8x32(w, o), j, 1), 2)
+    """The chunk visited j-th, c: two low bits from the 32 bytes at 32 + 32 (c // 4),
+    the third from bit c of the mask at 0."""
+    c = source_run(j, 4)
+    low = shr_and(load_u8x32(w, o + 32 + 32 * (c // 4)), 2 * (c % 4), 3)
+    return or_shl(low, shr_and(load_u8x32(w, o), c, 1), 2)
 
 
 @_inline
@@ -276,16 +283,19 @@ def _q2_k(path, acc, corr, w, o, xq, xd, xs, b):
 
 @_inline
 def q2_scales(w, o):
-    """Q2_K: the 16 four-bit scales and 16 minimums, one each per 16 weights."""
+    """Q2_K: the 16 four-bit scales and 16 minimums, one each per 16 weights, in the
+    chunks' order."""
     u0, u1, u2, u3 = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8), u32_at(w, o + 12)
-    return (bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0),
-            bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
-                      (u3 >> 4) & _LOW4, 0))
+    return (_crumb_order(bytes_i16(u0 & _LOW4, u1 & _LOW4, u2 & _LOW4, u3 & _LOW4, 0)),
+            _crumb_order(bytes_i16((u0 >> 4) & _LOW4, (u1 >> 4) & _LOW4, (u2 >> 4) & _LOW4,
+                                   (u3 >> 4) & _LOW4, 0)))
 
 
 @_inline
 def _q2_chunk(w, o, j):
-    return shr_and(load_u8x32(w, o + 16 + 32 * (j // 4)), 2 * (j % 4), 3)
+    """The chunk visited j-th, c: two bits of the 32 bytes at 16 + 32 (c // 4)."""
+    c = source_run(j, 4)
+    return shr_and(load_u8x32(w, o + 16 + 32 * (c // 4)), 2 * (c % 4), 3)
 
 
 # --- K-quant super-blocks as four pairs of chunks in 512-bit registers (vnni) ----------
@@ -315,14 +325,22 @@ def _q6_pair(w, o, k):
 
 @_inline
 def _q3_pair(w, o, k):
-    a, s = o + 32 + 32 * (k // 2), 4 * (k % 2)
-    return or_shl(bits_u8x64(w, a, a, s, s + 2, 3), bits_u8x64(w, o, o, 2 * k, 2 * k + 1, 1), 2)
+    """Q3_K chunks k and k + 4: as Q2_K's, with their third bits k and k + 4 from the
+    mask at 0."""
+    return or_shl(_q2_crumbs(w, o + 32, k), bits_u8x64(w, o, o, k, k + 4, 1), 2)
 
 
 @_inline
 def _q2_pair(w, o, k):
-    a, s = o + 16 + 32 * (k // 2), 4 * (k % 2)
-    return bits_u8x64(w, a, a, s, s + 2, 3)
+    """Q2_K chunks k and k + 4: bits 2k and 2k + 1 of the 64 bytes at 16."""
+    return _q2_crumbs(w, o + 16, k)
+
+
+@_inline
+def _q2_crumbs(w, a, k):
+    """Bits 2k and 2k + 1 of the 64 bytes at a: chunk k (of the first 128 weights),
+    then chunk k + 4."""
+    return bits_u8x64(w, a, a + 32, 2 * k, 2 * k, 3)
 
 
 @_inline
@@ -416,8 +434,8 @@ FORMATS = {
     "q5_0": (QT.Q5_0, _q5_0, quantize_q8_0),
     "q5_1": (QT.Q5_1, _q5_1, quantize_q8_0),
     "q8_0": (QT.Q8_0, _q8_0, quantize_q8_0),
-    "q2_k": (QT.Q2_K, _q2_k, quantize_q8_k),
-    "q3_k": (QT.Q3_K, _q3_k, quantize_q8_k),
+    "q2_k": (QT.Q2_K, _q2_k, quantize_q8_k_crumbs),
+    "q3_k": (QT.Q3_K, _q3_k, quantize_q8_k_crumbs),
     "q4_k": (QT.Q4_K, _q4_k, quantize_q8_k_nibbles),
     "q5_k": (QT.Q5_K, _q5_k, quantize_q8_k_nibbles),
     "q6_k": (QT.Q6_K, _q6_k, quantize_q8_k),

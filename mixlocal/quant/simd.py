@@ -21,6 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .cpu import host_features
+from .q8 import source_run
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _F32 = ir.FloatType()
@@ -430,14 +431,21 @@ def low_i32(typingctx, t):
     return i32x8(t), codegen
 
 
-@intrinsic
-def nibble_order(typingctx, t):
-    """Lanes 0-7 in the order 0, 2, 1, 3, 4, 6, 5, 7 (the order of Q4_K's chunks in
-    pairs of nibbles), lanes 8-15 as they are."""
-    def codegen(context, builder, sig, args):
-        order = [0, 2, 1, 3, 4, 6, 5, 7] + list(range(8, 16))
-        return builder.shuffle_vector(args[0], args[0], _consts(ir.VectorType(_I32, 16), order))
-    return i16x16(t), codegen
+def chunk_order(pair_stride: int, per_chunk: int):
+    """An intrinsic putting the values of a super-block's eight 32-weight chunks
+    (per_chunk int16 lanes each, lanes 0 to 8 per_chunk - 1 of an i16x16) in the order
+    of activations quantized with this pair_stride (q8.source_run)."""
+    order = [per_chunk * source_run(v, pair_stride) + k for v in range(8)
+             for k in range(per_chunk)]
+    order += list(range(len(order), 16))
+
+    @intrinsic
+    def reorder(typingctx, t):
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[0],
+                                          _consts(ir.VectorType(_I32, 16), order))
+        return i16x16(t), codegen
+    return reorder
 
 
 @intrinsic
