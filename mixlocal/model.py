@@ -76,7 +76,10 @@ def _exp(y):
 def _swiglu_kernel(parallel: bool):
     rows = prange if parallel else range  # in the closure: it keys Numba's cache
 
-    @njit(cache=True, parallel=parallel, fastmath={"contract", "arcp", "nsz"})
+    # numpy's error model: Python's checks each division for zero, a branch that keeps
+    # the serial build from vectorizing (3 ns a value, 0.35 without it)
+    @njit(cache=True, parallel=parallel, fastmath={"contract", "arcp", "nsz"},
+          error_model="numpy")
     def kernel(gate, up):
         out = np.empty_like(gate)
         for t in rows(gate.shape[0]):
