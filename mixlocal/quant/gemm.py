@@ -188,16 +188,16 @@ def _offset_token(acc, sb, xq, xd, xs, tb):
 
 @_inline
 def _q3_k_sb(w, o):
-    """w = d (sc - 32) (q - 4): two low bits from the 32 bytes at 32 + 32 (k // 2), the
-    third from the mask at 0."""
+    """w = d (sc - 32) (q - 4): two low bits from the 64 bytes at 32, the third from the
+    mask at 0 (matvec._q3_pair)."""
     sc = q3_scales(w, o)
     return _superblock(q3_pairs(w, o), sc, (f16_at(w, o + 108), mul_i16(sc, -4)))
 
 
 @_inline
 def _q2_k_sb(w, o):
-    """w = d sc q - dmin m per 16 weights; two bits each from the 32 bytes at
-    16 + 32 (k // 2)."""
+    """w = d sc q - dmin m per 16 weights; two bits each from the 64 bytes at 16
+    (matvec._q2_pair)."""
     sc, mn = q2_scales(w, o)
     return _superblock(q2_pairs(w, o), sc, (f16_at(w, o + 80), mn, -f16_at(w, o + 82)))
 

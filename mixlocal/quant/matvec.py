@@ -29,12 +29,11 @@ from ..ggml_types import GGMLType as QT
 from .formats import type_size
 from .q8 import (Q8, quantize_q8_0, quantize_q8_k, quantize_q8_k_crumbs, quantize_q8_k_nibbles,
                  source_run)
-from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, dot_i8, dpbusd, dpwssd, f16_at,
-                   f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
+from .simd import (at, bit_bytes, bits_u8x64, bytes_i16, chunk_order, dot_i8, dpbusd, dpwssd,
+                   f16_at, f16_times, fadd, fma, fma_less, fmul, group_scales, hsum, lane_sums,
                    load_f32x8, load_i16x16, load_nibbles, load_u8x32, low_i32, mul_i16,
-                   chunk_order, or_shl, prefetch_l2, scaled_pairs, scaled_quad, shr_and,
-                   spread_pairs, strided_halves, sum_i32x8, u32_at, zero_sum, zeros_f32,
-                   zeros_i32)
+                   or_shl, prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs,
+                   strided_halves, sum_i32x8, u32_at, zero_sum, zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
@@ -176,7 +175,9 @@ def _q45_k(path, fmt, acc, w, o, xq, xd, xs, b, int_sums):
 # _q45_pair), their activations quantized in that order (quantize_q8_k_nibbles), and
 # their scales and minimums put in it by q45_scales; Q2_K and Q3_K in the order 0, 4,
 # 1, 5, 2, 6, 3, 7 (quantize_q8_k_crumbs).
-_nibble_order, _crumb_order = chunk_order(2, 1), chunk_order(4, 2)
+_nibble_order = chunk_order([source_run(v, 2) for v in range(8)], 1)
+_crumb_order = chunk_order([source_run(v, 4) for v in range(8)], 2)
+
 
 @_inline
 def q45_scales(w, o):
@@ -299,7 +300,8 @@ def _q2_chunk(w, o, j):
 
 
 # --- K-quant super-blocks as four pairs of chunks in 512-bit registers (vnni) ----------
-# Two chunks' bits come from one load, shifted per half (simd.bits_u8x64), and a
+# Two chunks' bits come from one load (64 bytes, or 32 twice), each half shifted as its
+# chunk needs (simd.bits_u8x64), and a
 # super-block's sixteen group scales go in with two 512-bit multiply-adds
 # (simd.scaled_pairs): 1.04-1.13x over the 256-bit chunks on Q2_K, Q3_K and Q4_K. gemm.py
 # decodes a super-block this way once for a tile of tokens.

@@ -21,7 +21,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .cpu import host_features
-from .q8 import source_run
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _F32 = ir.FloatType()
@@ -114,12 +113,12 @@ def _fields(builder, v, shifts, mask, gfni=GFNI):
         # No shift: a mask alone, which any vector pipe runs, where GFNI shares Zen 4's two
         # multiply pipes with the dot products (the shifts are constants once inlined,
         # so LLVM keeps one side)
-        unshifted = _I64(1)
+        unshifted = ir.Constant(ir.IntType(1), 1)
         for shift in shifts:
-            unshifted = builder.and_(unshifted, builder.zext(
-                builder.icmp_unsigned("==", _as_i64(builder, shift), _I64(0)), _I64))
+            unshifted = builder.and_(unshifted, builder.icmp_unsigned(
+                "==", _as_i64(builder, shift), _I64(0)))
         masked = builder.and_(v, _splat(builder, builder.trunc(mask, _I8), v.type))
-        return builder.select(builder.trunc(unshifted, ir.IntType(1)), masked, affine)
+        return builder.select(unshifted, masked, affine)
     # 16-bit shifts (x86 has no 8-bit ones); the mask drops what crosses bytes
     words = ir.VectorType(_I16, n // 2)
     amounts = ir.Constant(words, ir.Undefined)
@@ -431,12 +430,11 @@ def low_i32(typingctx, t):
     return i32x8(t), codegen
 
 
-def chunk_order(pair_stride: int, per_chunk: int):
+def chunk_order(chunks, per_chunk: int):
     """An intrinsic putting the values of a super-block's eight 32-weight chunks
     (per_chunk int16 lanes each, lanes 0 to 8 per_chunk - 1 of an i16x16) in the order
-    of activations quantized with this pair_stride (q8.source_run)."""
-    order = [per_chunk * source_run(v, pair_stride) + k for v in range(8)
-             for k in range(per_chunk)]
+    `chunks` (the rest of the lanes as they are)."""
+    order = [per_chunk * c + k for c in chunks for k in range(per_chunk)]
     order += list(range(len(order), 16))
 
     @intrinsic
