@@ -21,8 +21,8 @@ from gguf.quants import dequantize as gguf_dequantize
 import mixlocal.quant as quant
 from mixlocal.quant import QT, QTensor, cpu, row_bytes
 from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
-from mixlocal.quant.q8 import (quantize_q8_0, quantize_q8_k, quantize_q8_k_crumbs,
-                               quantize_q8_k_nibbles)
+from mixlocal.quant.q8 import (quantize_q8_0, quantize_q8_0_pairs, quantize_q8_k,
+                               quantize_q8_k_crumbs, quantize_q8_k_nibbles)
 from mixlocal.quant.randblocks import random_blocks
 
 SIMD_PATHS = [p for p in cpu.available_paths() if p != "plain"]
@@ -158,7 +158,8 @@ def test_matvec_multi_quantizes_once_per_kind():
 @pytest.mark.parametrize("quantize,block,sum_len", [(quantize_q8_0, 32, 32),
                                                     (quantize_q8_k, 256, 16),
                                                     (quantize_q8_k_nibbles, 256, 16),
-                                                    (quantize_q8_k_crumbs, 256, 16)])
+                                                    (quantize_q8_k_crumbs, 256, 16),
+                                                    (quantize_q8_0_pairs, 32, 32)])
 def test_activation_quantization(quantize, block, sum_len):
     x = np.random.default_rng(2).standard_normal(3 * block).astype(np.float32) * 5
     x[:block] = 0.0  # an all-zero block has scale 0 and values 0
@@ -169,28 +170,35 @@ def test_activation_quantization(quantize, block, sum_len):
     assert xq.d[0] == 0 and not xq.q[:block].any()
     steps = np.repeat(xq.d, block)
     assert np.all(np.abs(xq.dequantize() - x) <= 0.5 * steps * (1 + 1e-6))
-    np.testing.assert_array_equal(xq.s, xq.q.astype(np.int32).reshape(-1, sum_len).sum(1))
+    sums = xq.values().astype(np.int32).reshape(-1, sum_len).sum(1)
+    np.testing.assert_array_equal(xq.s, sums)
     with pytest.raises(ValueError):
         quantize(x[:-1])
 
 
-@pytest.mark.parametrize("quantize,order", [
-    (quantize_q8_k_nibbles, [0, 2, 1, 3, 4, 6, 5, 7]),
-    (quantize_q8_k_crumbs, [0, 4, 1, 5, 2, 6, 3, 7])])
-def test_activations_in_the_order_of_bit_fields(quantize, order):
-    """Q4_K's and Q5_K's activations (nibbles), Q2_K's and Q3_K's (crumbs): each
-    256 values' runs of 32 stored in `order`, the sums per 16 following the stored
-    values; dequantized back in the given order."""
-    x = np.random.default_rng(4).standard_normal(512).astype(np.float32) * 3
-    got = quantize(x)
-    want = quantize_q8_k(x.reshape(-1, 8, 32)[:, order].reshape(-1))
-    for a, b in zip(got, want[:3]):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(got.dequantize(), quantize_q8_k(x).dequantize())
+@pytest.mark.parametrize("quantize,plain,run,order", [
+    (quantize_q8_k_nibbles, quantize_q8_k, 32, [0, 2, 1, 3, 4, 6, 5, 7]),
+    (quantize_q8_k_crumbs, quantize_q8_k, 32, [0, 4, 1, 5, 2, 6, 3, 7]),
+    (quantize_q8_0_pairs, quantize_q8_0, 16, [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14,
+                                               7, 15])])
+def test_activations_in_the_order_of_bit_fields(quantize, plain, run, order):
+    """Activations in the order a format's kernel reads its weights: Q4_K's and Q5_K's
+    nibbles, Q2_K's and Q3_K's 2-bit fields, Q4_0's blocks k and k + 4 of eight. Each
+    whole 256 values' runs stored in `order`, the rest as they are; steps and sums in x's
+    order; values() and dequantize() back in x's order."""
+    x = np.random.default_rng(4).standard_normal(512 + 32 * (run == 16)).astype(np.float32)
+    got, want = quantize(x), plain(x)
+    whole = x.size // 256 * 256
+    stored = want.q[:whole].reshape(-1, len(order), run)[:, order].reshape(-1)
+    np.testing.assert_array_equal(got.q, np.concatenate([stored, want.q[whole:]]))
+    np.testing.assert_array_equal(got.d, want.d)
+    np.testing.assert_array_equal(got.s, want.s)
+    np.testing.assert_array_equal(got.values(), want.q)
+    np.testing.assert_array_equal(got.dequantize(), want.dequantize())
 
 
 @pytest.mark.parametrize("quantize", [quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles,
-                                      quantize_q8_k_crumbs])
+                                      quantize_q8_k_crumbs, quantize_q8_0_pairs])
 def test_rows_quantized_where_the_layout_puts_them(quantize):
     """Quantizer.rows (the GEMM's) equals the vector quantizer row by row, each 256-value
     unit k of row t at unit first[t] + k stride[t]: here the tokens side by side."""

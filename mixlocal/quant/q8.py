@@ -17,36 +17,41 @@ from numba import njit, prange
 
 
 class Q8(NamedTuple):
-    q: np.ndarray  # int8 (n,)
-    d: np.ndarray  # float32 (n // block,): value i is q[i] * d[i // block]
-    s: np.ndarray  # sums of q: float32 per block (Q8_0), int16 per 16 values (Q8_K)
-    pair_stride: int = 1  # how its runs of 32 values are stored (see Quantizer)
+    q: np.ndarray  # int8 (n,), interleaved as `order` says (see Quantizer)
+    d: np.ndarray  # float32 (n // block,): the step of block k of x
+    s: np.ndarray  # sums of x's values: float32 per block (Q8_0), int16 per 16 (Q8_K)
+    order: tuple = (32, 1)  # (run, pair_stride)
+
+    def values(self) -> np.ndarray:
+        """The int8 values in x's order."""
+        run, pair_stride = self.order
+        if pair_stride == 1:
+            return self.q
+        span = 2 * pair_stride
+        whole = self.q.size // (span * run) * span * run
+        stored = [source_run(v, pair_stride) for v in range(span)]
+        spans = self.q[:whole].reshape(-1, span, run)[:, np.argsort(stored)]
+        return np.concatenate([spans.reshape(-1), self.q[whole:]])
 
     def dequantize(self) -> np.ndarray:
-        """The float32 vector these bytes stand for, in the order it was given."""
+        """The float32 vector these bytes stand for, in x's order."""
         block = self.q.size // self.d.size
-        x = (self.q.reshape(-1, block) * self.d[:, None]).reshape(-1)
-        if self.pair_stride == 1:
-            return x
-        span = 2 * self.pair_stride
-        stored = [source_run(v, self.pair_stride) for v in range(span)]
-        return x.reshape(-1, span, 32)[:, np.argsort(stored)].reshape(-1)
+        return (self.values().reshape(-1, block) * self.d[:, None]).reshape(-1)
 
 
 @njit(cache=True)
 def source_run(v, pair_stride):
-    """The run of 32 values of x stored v-th where runs r and r + pair_stride are stored
+    """The run of x's values stored v-th where runs r and r + pair_stride are stored
     side by side: 0, p, 1, 1 + p, ..., p - 1, 2p - 1, then the same from 2p on."""
     span = 2 * pair_stride
     return v // span * span + v % 2 * pair_stride + v % span // 2
 
 
 @njit(cache=True, forceinline=True)
-def _row(x, q, d, s, first, stride, group, block, sum_len, pair_stride):
+def _row(x, q, d, s, first, stride, group, block, sum_len):
     """Block k of x to position (first + (k // group) stride) group + k % group of q, d
-    (one each) and s: runs of `group` blocks stay together. The block's runs of 32
-    values go to q in source_run's order (s follows q). Inlined where block, sum_len and
-    pair_stride are constants: the loops then vectorize (4-5x over run-time lengths)."""
+    (one each) and s: runs of `group` blocks stay together. Inlined where block and
+    sum_len are constants: the loops then vectorize (4-5x over run-time lengths)."""
     bits = x.view(np.int32)
     per_block = block // sum_len
     for k in range(x.size // block):
@@ -60,10 +65,8 @@ def _row(x, q, d, s, first, stride, group, block, sum_len, pair_stride):
         scale = np.int32(top).view(np.float32) / np.float32(127.0)
         inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
         d[j] = scale
-        for run in range(block // 32):
-            src = source_run(run, pair_stride)
-            for i in range(32):
-                qb[32 * run + i] = np.int8(np.rint(xb[32 * src + i] * inv))
+        for i in range(block):
+            qb[i] = np.int8(np.rint(xb[i] * inv))
         for g in range(per_block):
             total = np.int32(0)  # |sum| <= 32 * 127
             for i in range(g * sum_len, (g + 1) * sum_len):
@@ -71,9 +74,22 @@ def _row(x, q, d, s, first, stride, group, block, sum_len, pair_stride):
             s[j * per_block + g] = np.int16(total)
 
 
-def _kernels(block: int, sum_len: int, pair_stride: int):
-    """The jitted quantizers of one kind, block, sum_len and pair_stride constants in them
-    (closures over numbers only: Numba's cache keys on their values)."""
+@njit(cache=True, forceinline=True)
+def _interleave(q, run, pair_stride):
+    """Each whole span of 2 pair_stride runs of `run` values of q rearranged in place,
+    run source_run(v) stored v-th."""
+    span = 2 * pair_stride * run
+    scratch = np.empty(span, np.int8)
+    for start in range(0, q.size - span + 1, span):
+        scratch[:] = q[start:start + span]
+        for v in range(2 * pair_stride):
+            src = source_run(v, pair_stride) * run
+            q[start + v * run:start + (v + 1) * run] = scratch[src:src + run]
+
+
+def _kernels(block: int, sum_len: int, run: int, pair_stride: int):
+    """The jitted quantizers of one kind, its numbers constants in them (closures over
+    numbers only: Numba's cache keys on their values)."""
     @njit(cache=True)
     def vector(x):
         # allocated here: Numba aligns arrays to 32 bytes, where numpy's large ones sit 16
@@ -81,28 +97,38 @@ def _kernels(block: int, sum_len: int, pair_stride: int):
         q = np.empty(x.size, np.int8)
         d = np.empty(x.size // block, np.float32)
         s = np.empty(x.size // sum_len, np.int16)
-        _row(x, q, d, s, 0, 1, 1, block, sum_len, pair_stride)
+        _row(x, q, d, s, 0, 1, 1, block, sum_len)
+        if pair_stride > 1:
+            _interleave(q, run, pair_stride)
         return q, d, s
 
     @njit(cache=True, parallel=True)
     def rows(x, q, d, s, first, stride, group):
         zeros = np.zeros(x.shape[1], np.float32)  # the rows past x's: padding
+        unit = group * block
         for t in prange(len(first)):
             _row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group, block,
-                 sum_len, pair_stride)
+                 sum_len)
+            if pair_stride > 1:
+                for k in range(x.shape[1] // unit):
+                    u = first[t] + k * stride[t]
+                    _interleave(q[u * unit:(u + 1) * unit], run, pair_stride)
 
     return vector, rows
 
 
 class Quantizer:
-    """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`,
-    runs of 32 values r and r + pair_stride stored side by side (source_run): the order
-    in which a format's kernel reads its weights' 32-weight chunks."""
+    """One kind of 8-bit activations: blocks of `block` values, sums per `sum_len`. With
+    pair_stride > 1 the values move, in each whole span of 2 pair_stride runs of `run`
+    values: runs r and r + pair_stride are stored side by side (source_run), the order
+    in which a format's kernel reads its weights. The steps d and the sums s stay in x's
+    order."""
 
-    def __init__(self, block: int, sum_len: int, float_sums: bool, pair_stride: int = 1):
+    def __init__(self, block: int, sum_len: int, float_sums: bool, run: int = 32,
+                 pair_stride: int = 1):
         self.block, self.sum_len, self.float_sums = block, sum_len, float_sums
-        self.pair_stride = pair_stride
-        self._vector, self._rows = _kernels(block, sum_len, pair_stride)
+        self.order = (run, pair_stride)
+        self._vector, self._rows = _kernels(block, sum_len, run, pair_stride)
 
     def __call__(self, x: np.ndarray) -> Q8:
         """x, a vector whose length is a multiple of the block, quantized."""
@@ -111,14 +137,18 @@ class Quantizer:
             raise ValueError(f"need a vector whose length is a multiple of {self.block}, "
                              f"got {x.shape}")
         q, d, s = self._vector(x)
-        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.pair_stride)
+        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.order)
 
     def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
              q: np.ndarray):
         """The rows of x (n, cols), C-contiguous float32, quantized in parallel into q
         (int8), then zero rows up to len(first). Laid out for the GEMM's tiles in units
-        of `unit` values (a multiple of the block that divides cols): unit k of row t
-        goes to unit first[t] + k stride[t]. Returns (q, d, s)."""
+        of `unit` values (a multiple of the block that divides cols, and of the span the
+        values move in): unit k of row t goes to unit first[t] + k stride[t]. Returns
+        (q, d, s)."""
+        run, pair_stride = self.order
+        if pair_stride > 1 and unit % (2 * pair_stride * run):
+            raise ValueError(f"units of {unit} values would split spans that move")
         d = np.empty(q.size // self.block, np.float32)
         s = np.empty(q.size // self.sum_len, np.int16)
         self._rows(x, q, d, s, first, stride, unit // self.block)
@@ -127,6 +157,9 @@ class Quantizer:
 
 # Q8_0's sums are float32: the kernels subtract them in float
 quantize_q8_0 = Quantizer(32, 32, float_sums=True)
+# Q8_0 for Q4_0's matvec, which reads blocks k and k + 4 of eight together: their low
+# nibbles (values 0-15 of each), then their high ones (16-31)
+quantize_q8_0_pairs = Quantizer(32, 32, float_sums=True, run=16, pair_stride=8)
 quantize_q8_k = Quantizer(256, 16, float_sums=False)
 # Q8_K in the orders of the K-quants' bit fields, so that a 512-bit load and one mask (or
 # one shift) give two 32-weight chunks whose activations lie side by side: 64 bytes of

@@ -198,6 +198,24 @@ def load_nibbles(typingctx, arr, offset):
     return u8x32(arr, offset), codegen
 
 
+def _nibble_pair(shift: int):
+    @intrinsic
+    def pair(typingctx, arr, o0, o1):
+        """(byte >> shift) & 15 of the 16 bytes at o0, then of the 16 at o1: a mask and
+        a 16-bit shift, off the pipes GFNI shares with the dot products."""
+        def codegen(context, builder, sig, args):
+            v16 = ir.VectorType(_I8, 16)
+            halves = [builder.load(_at(context, builder, sig.args[0], args[0], o, v16), align=1)
+                      for o in args[1:]]
+            both = builder.shuffle_vector(*halves, _consts(ir.VectorType(_I32, 32), range(32)))
+            return _fields(builder, both, [_I64(shift)], _I64(15), gfni=False)
+        return u8x32(arr, o0, o1), codegen
+    return pair
+
+
+low_nibble_pair, high_nibble_pair = _nibble_pair(0), _nibble_pair(4)
+
+
 @intrinsic
 def bit_bytes(typingctx, arr, offset, value):
     """Byte j = value where bit j of the little-endian uint32 at `offset` is set, else 0."""
@@ -364,24 +382,20 @@ def sum_i32x8(typingctx, a, b):
 
 
 @intrinsic
-def lane_sums(typingctx, p0, p1, p2, p3, p4, p5, p6, p7):
-    """The 8 sums of each i32x8 p_k's lanes, as one i32x8 (k in lane k), for lanes of
-    magnitude below 8192: two rounds of pairwise adds through int16, then the two
-    128-bit halves added."""
+def block_sums(typingctx, p0, p1, p2, p3):
+    """The sums of eight blocks' lanes, as one i32x8 (block k in lane k): p_k holds
+    block k in lanes 0-3 and block k + 4 in lanes 4-7, each of magnitude below 16384.
+    Two rounds of pairwise adds through int16: a pack, then a multiply-add by ones
+    (1.09-1.11x over phadd on Zen 4)."""
     def codegen(context, builder, sig, args):
         ones = ir.Constant(_V16, [1] * 16)
 
         def pair_sums(a, b):
-            # phadd's result, [a0+a1, a2+a3, b0+b1, b2+b3] in each 128-bit half, by a
-            # pack and a multiply-add by ones: Q4_0 matvec 1.09-1.11x over phadd (Zen 4)
+            # [a0+a1, a2+a3, b0+b1, b2+b3] in each 128-bit half
             packed = _call(builder, "llvm.x86.avx2.packssdw", _V16, [a, b])
             return _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [packed, ones])
-        g0 = pair_sums(pair_sums(args[0], args[1]), pair_sums(args[2], args[3]))
-        g1 = pair_sums(pair_sums(args[4], args[5]), pair_sums(args[6], args[7]))
-        low = builder.shuffle_vector(g0, g1, _consts(_V32, [0, 1, 2, 3, 8, 9, 10, 11]))
-        high = builder.shuffle_vector(g0, g1, _consts(_V32, [4, 5, 6, 7, 12, 13, 14, 15]))
-        return builder.add(low, high)
-    return i32x8(p0, p1, p2, p3, p4, p5, p6, p7), codegen
+        return pair_sums(pair_sums(args[0], args[1]), pair_sums(args[2], args[3]))
+    return i32x8(p0, p1, p2, p3), codegen
 
 
 def strided_halves(stride: int):
