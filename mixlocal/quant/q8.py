@@ -5,7 +5,9 @@ Q8_0 style (32 values per float32 scale) for the 32-weight formats, Q8_K style (
 values per scale) for the K-quants. Values lie in [-127, 127]: the AVX2 kernels rely
 on it (their int16 pair sums must not saturate). Each kind also carries the sums of
 its values, per block for Q8_0 and per 16 values for Q8_K (llama.cpp's bsums), which
-the kernels use for weight offsets and minimums.
+the kernels use for weight offsets and minimums. A kind may store its int8 values
+interleaved, in the order its kernel reads the weights (Quantizer); the steps and sums
+stay in x's order.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from numba import njit, prange
 class Q8(NamedTuple):
     q: np.ndarray  # int8 (n,), interleaved as `order` says (see Quantizer)
     d: np.ndarray  # float32 (n // block,): the step of block k of x
-    s: np.ndarray  # sums of x's values: float32 per block (Q8_0), int16 per 16 (Q8_K)
+    s: np.ndarray  # sums of the values in x's order: float32 per block, int16 per 16 (Q8_K)
     order: tuple = (32, 1)  # (run, pair_stride)
 
     def values(self) -> np.ndarray:
@@ -75,11 +77,10 @@ def _row(x, q, d, s, first, stride, group, block, sum_len):
 
 
 @njit(cache=True, forceinline=True)
-def _interleave(q, run, pair_stride):
+def _interleave(q, run, pair_stride, scratch):
     """Each whole span of 2 pair_stride runs of `run` values of q rearranged in place,
-    run source_run(v) stored v-th."""
+    run source_run(v) stored v-th (scratch: room for a span)."""
     span = 2 * pair_stride * run
-    scratch = np.empty(span, np.int8)
     for start in range(0, q.size - span + 1, span):
         scratch[:] = q[start:start + span]
         for v in range(2 * pair_stride):
@@ -99,7 +100,7 @@ def _kernels(block: int, sum_len: int, run: int, pair_stride: int):
         s = np.empty(x.size // sum_len, np.int16)
         _row(x, q, d, s, 0, 1, 1, block, sum_len)
         if pair_stride > 1:
-            _interleave(q, run, pair_stride)
+            _interleave(q, run, pair_stride, np.empty(2 * pair_stride * run, np.int8))
         return q, d, s
 
     @njit(cache=True, parallel=True)
@@ -110,9 +111,10 @@ def _kernels(block: int, sum_len: int, run: int, pair_stride: int):
             _row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group, block,
                  sum_len)
             if pair_stride > 1:
+                scratch = np.empty(2 * pair_stride * run, np.int8)
                 for k in range(x.shape[1] // unit):
                     u = first[t] + k * stride[t]
-                    _interleave(q[u * unit:(u + 1) * unit], run, pair_stride)
+                    _interleave(q[u * unit:(u + 1) * unit], run, pair_stride, scratch)
 
     return vector, rows
 
