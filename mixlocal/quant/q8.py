@@ -50,16 +50,31 @@ def source_run(v, pair_stride):
 
 
 @njit(cache=True, forceinline=True)
-def _row(x, q, d, s, first, stride, group, block, sum_len):
+def _stored(p, whole, run, pair_stride):
+    """Where the value at position p of a row lands: in each span of 2 pair_stride runs
+    of `run` values below position `whole`, the span's run r is stored
+    (2 (r % pair_stride) + r // pair_stride)-th, source_run's inverse."""
+    span = 2 * pair_stride * run
+    if pair_stride == 1 or p >= whole:
+        return p
+    r = p % span // run
+    return p // span * span + (2 * (r % pair_stride) + r // pair_stride) * run + p % run
+
+
+@njit(cache=True, forceinline=True)
+def _row(x, q, d, s, first, stride, group, block, sum_len, run, pair_stride):
     """Block k of x to position (first + (k // group) stride) group + k % group of q, d
-    (one each) and s: runs of `group` blocks stay together. Inlined where block and
-    sum_len are constants: the loops then vectorize (4-5x over run-time lengths)."""
+    (one each) and s: runs of `group` blocks stay together; its values in q then move as
+    _stored says, within such a run of blocks. Inlined where the numbers are constants:
+    the loops then vectorize (4-5x over run-time lengths)."""
     bits = x.view(np.int32)
     per_block = block // sum_len
+    piece = min(run, sum_len)  # values that stay together, in q and in one sum
+    span = 2 * pair_stride * run
+    whole = x.size // span * span  # the values in whole spans, which move
     for k in range(x.size // block):
         j = (first + k // group * stride) * group + k % group
         xb, xbits = x[k * block:(k + 1) * block], bits[k * block:(k + 1) * block]
-        qb = q[j * block:(j + 1) * block]
         top = np.int32(0)  # the largest |x| as float bits: an integer max vectorizes
         for i in range(block):
             v = xbits[i] & np.int32(0x7FFFFFFF)
@@ -67,25 +82,29 @@ def _row(x, q, d, s, first, stride, group, block, sum_len):
         scale = np.int32(top).view(np.float32) / np.float32(127.0)
         inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
         d[j] = scale
-        for i in range(block):
-            qb[i] = np.int8(np.rint(xb[i] * inv))
+        if pair_stride == 1:  # nothing moves: a pass each, twice as fast as the loop below
+            qb = q[j * block:(j + 1) * block]
+            for i in range(block):
+                qb[i] = np.int8(np.rint(xb[i] * inv))
+            for g in range(per_block):
+                total = np.int32(0)  # |sum| <= 32 * 127
+                for i in range(g * sum_len, (g + 1) * sum_len):
+                    total += np.int32(qb[i])
+                s[j * per_block + g] = np.int16(total)
+            continue
+        # Values move within their span, which lies within the blocks the layout keeps
+        # together: block k's offset in q plus the move. Sums stay in x's order.
         for g in range(per_block):
-            total = np.int32(0)  # |sum| <= 32 * 127
-            for i in range(g * sum_len, (g + 1) * sum_len):
-                total += np.int32(qb[i])
-            s[j * per_block + g] = np.int16(total)
-
-
-@njit(cache=True, forceinline=True)
-def _interleave(q, run, pair_stride, scratch):
-    """Each whole span of 2 pair_stride runs of `run` values of q rearranged in place,
-    run source_run(v) stored v-th (scratch: room for a span)."""
-    span = 2 * pair_stride * run
-    for start in range(0, q.size - span + 1, span):
-        scratch[:] = q[start:start + span]
-        for v in range(2 * pair_stride):
-            src = source_run(v, pair_stride) * run
-            q[start + v * run:start + (v + 1) * run] = scratch[src:src + run]
+            s[j * per_block + g] = 0
+        for c in range(block // piece):
+            o = j * block + _stored(k * block + c * piece, whole, run, pair_stride) - k * block
+            dst, src = q[o:o + piece], xb[c * piece:(c + 1) * piece]  # slices: indices
+            total = np.int32(0)                                         # never negative
+            for i in range(piece):
+                v = np.int8(np.rint(src[i] * inv))
+                dst[i] = v
+                total += np.int32(v)
+            s[j * per_block + c * piece // sum_len] += np.int16(total)
 
 
 def _kernels(block: int, sum_len: int, run: int, pair_stride: int):
@@ -98,23 +117,15 @@ def _kernels(block: int, sum_len: int, run: int, pair_stride: int):
         q = np.empty(x.size, np.int8)
         d = np.empty(x.size // block, np.float32)
         s = np.empty(x.size // sum_len, np.int16)
-        _row(x, q, d, s, 0, 1, 1, block, sum_len)
-        if pair_stride > 1:
-            _interleave(q, run, pair_stride, np.empty(2 * pair_stride * run, np.int8))
+        _row(x, q, d, s, 0, 1, 1, block, sum_len, run, pair_stride)
         return q, d, s
 
     @njit(cache=True, parallel=True)
     def rows(x, q, d, s, first, stride, group):
         zeros = np.zeros(x.shape[1], np.float32)  # the rows past x's: padding
-        unit = group * block
         for t in prange(len(first)):
             _row(x[t] if t < len(x) else zeros, q, d, s, first[t], stride[t], group, block,
-                 sum_len)
-            if pair_stride > 1:
-                scratch = np.empty(2 * pair_stride * run, np.int8)
-                for k in range(x.shape[1] // unit):
-                    u = first[t] + k * stride[t]
-                    _interleave(q[u * unit:(u + 1) * unit], run, pair_stride, scratch)
+                 sum_len, run, pair_stride)
 
     return vector, rows
 
