@@ -10,7 +10,7 @@ from reference import Reference
 
 from mixlocal.gguf_file import GGUFFile
 from mixlocal.kv_cache import ContextOverflowError
-from mixlocal.model import Model, _swiglu_parallel, _swiglu_serial, attention
+from mixlocal.model import Model, _attend_token, _swiglu_parallel, _swiglu_serial, attention
 
 # With float weights every product is float32: measured errors are ~2e-6 of the
 # logits' spread. With quantized weights a product on one row (a decoded token, an
@@ -242,22 +242,44 @@ def test_smollm2_matches_reference(smollm2_path):
     assert tokenizer.decode([int(want[-1].argmax())]) == " Paris"
 
 
-@pytest.mark.parametrize("n,start", [(1, 40), (7, 0), (150, 0), (150, 37)])
-def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start):
-    """A prompt's attention runs in blocks of QUERY_BLOCK queries, each against the keys
-    up to its last query (blocks of 64: 150 queries take three): float64 reference."""
-    rng = np.random.default_rng(n + start)
-    n_head, n_kv, hd = 8, 2, 16
-    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
-    k, v = (rng.standard_normal((start + n, n_kv, hd)).astype(np.float32) for _ in range(2))
-    got = attention(q, k, v, start)
+def _dense_causal_attention(q, k, v, start):
+    """The float64 reference: every query against every key up to its own position."""
+    n, n_head, hd = q.shape
+    n_kv = k.shape[1]
     want = np.empty((n, n_head, hd))
     for h in range(n_head):
         scores = q[:, h].astype(np.float64) @ k[:, h * n_kv // n_head].T / np.sqrt(hd)
         scores[np.arange(start + n)[None, :] > np.arange(start, start + n)[:, None]] = -np.inf
         weights = np.exp(scores - scores.max(1, keepdims=True))
         want[:, h] = weights / weights.sum(1, keepdims=True) @ v[:, h * n_kv // n_head]
-    np.testing.assert_allclose(got, want.reshape(n, -1), rtol=0, atol=1e-5)
+    return want.reshape(n, -1)
+
+
+def _qkv(n, start, seed, n_head=8, n_kv=2, hd=16):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    k, v = (rng.standard_normal((start + n, n_kv, hd)).astype(np.float32) for _ in range(2))
+    return q, k, v
+
+
+@pytest.mark.parametrize("n,start", [(1, 40), (7, 0), (150, 0), (150, 37), (1, 300),
+                                     (1, 1000)])
+def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start):
+    """A prompt's attention runs in blocks of QUERY_BLOCK queries, each against the keys
+    up to its last query (blocks of 64: 150 queries take three); a generated token's,
+    from LONG_CONTEXT cached tokens on, in a jitted kernel: float64 reference."""
+    q, k, v = _qkv(n, start, n + start)
+    got = attention(q, k, v, start)
+    np.testing.assert_allclose(got, _dense_causal_attention(q, k, v, start), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_long_context_token_attention_merges_its_parts(parts):
+    """The cached tokens split into parts (one per thread), each with its own maximum
+    score, merged into one softmax: the same result for any number of parts."""
+    q, k, v = _qkv(1, 700, parts, n_head=32, n_kv=8, hd=128)
+    got = _attend_token(q[0], k, v, np.float32(1 / np.sqrt(128)), parts).reshape(1, -1)
+    np.testing.assert_allclose(got, _dense_causal_attention(q, k, v, 700), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", [_swiglu_serial, _swiglu_parallel], ids=["serial", "parallel"])
