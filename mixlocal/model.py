@@ -200,7 +200,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     positions 0..T-1 with T = start + n. Query head h reads key/value head h // group.
     Returns (n, n_head * hd). A prompt runs in blocks of QUERY_BLOCK queries per key/value
     head, split over the threads; each block reads only the keys up to its last query
-    (a 256-token prompt: 5/8 of the work).
+    (a 256-token prompt: 5/8 of the work). A generated token over LONG_CONTEXT or more
+    cached tokens runs _attend_token, its cached tokens split over the threads.
     """
     n, n_head, hd = q.shape
     t, n_kv, _ = k.shape
