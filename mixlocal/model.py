@@ -193,6 +193,10 @@ def _attend_token(q, k, v, scale, parts):
     return out
 
 
+# (q, k, v, scale, parts) as Model.forward passes them: a token's queries, the cache
+_ATTEND_TOKEN_TYPES = "(float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32, int64)"
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
     """Causal grouped-query attention.
 
@@ -215,6 +219,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
         scores *= scale
         return (softmax(scores) @ v.transpose(1, 0, 2)).reshape(1, n_head * hd)
 
+    # Compiled (or loaded from Numba's cache) with a prompt, under a front end's compile
+    # notice, not mid-answer the first time a conversation passes LONG_CONTEXT
+    if not _attend_token.overloads:
+        _attend_token.compile(_ATTEND_TOKEN_TYPES)
     out = np.empty((n, n_head, hd), np.float32)
     # -inf where a query's key lies in its future, in a block's last QUERY_BLOCK keys
     future = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -271,6 +274,26 @@ def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start):
     q, k, v = _qkv(n, start, n + start)
     got = attention(q, k, v, start)
     np.testing.assert_allclose(got, _dense_causal_attention(q, k, v, start), rtol=0, atol=1e-5)
+
+
+def test_long_context_kernel_compiles_with_a_prompt(tmp_path):
+    """The long-context kernel compiles (or loads from Numba's cache) with a prompt, under
+    a front end's compile notice, not mid-answer when a conversation first passes
+    LONG_CONTEXT: a fresh cache, a prompt, then a long-context token compiles nothing."""
+    code = ("import numpy as np\n"
+            "from mixlocal.jit_notice import on_first_compile\n"
+            "from mixlocal.model import LONG_CONTEXT, attention\n"
+            "q, kv = np.ones((4, 8, 16), np.float32), np.ones((4, 2, 16), np.float32)\n"
+            "attention(q, kv, kv, 0)\n"
+            "long = np.ones((LONG_CONTEXT, 2, 16), np.float32)\n"
+            "compiled = []\n"
+            "with on_first_compile(lambda: compiled.append(1)):\n"
+            "    attention(q[:1], long, long, LONG_CONTEXT - 1)\n"
+            "print(len(compiled))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["0"]
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 7])
