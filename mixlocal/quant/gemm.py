@@ -24,11 +24,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..ggml_types import GGMLType as QT
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
                      q5_k_pairs, q6_pairs, q6_scales, q45_scales)
-from .q8 import quantize_q8_0
 from .simd import (at, block_dots, f16_at, fma, fmul, group_scales, hsum, load_f32x8,
                    load_u8x64, low_i32, mul_i16, plus_128, spread_pairs, strided_halves,
                    zeros_f32)
@@ -37,7 +35,6 @@ CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core'
 TOKENS = 4  # tokens per step of a tile; quantized tokens are padded with zeros to a multiple
 
 _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
-_QUANTIZE[QT.Q4_0] = quantize_q8_0  # the 4 x 4 kernels read Q4_0 block by block
 _inline = njit(cache=True, forceinline=True)
 
 

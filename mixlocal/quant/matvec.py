@@ -438,7 +438,7 @@ def _k_isums_impl(path, fmt, w, o, xq, b, sc):
 
 # format name -> (GGUF type, block function, activation quantizer)
 FORMATS = {
-    "q4_0": (QT.Q4_0, _q4_0, quantize_q8_0_pairs),
+    "q4_0": (QT.Q4_0, _q4_0, quantize_q8_0),
     "q4_1": (QT.Q4_1, _q4_1, quantize_q8_0),
     "q5_0": (QT.Q5_0, _q5_0, quantize_q8_0),
     "q5_1": (QT.Q5_1, _q5_1, quantize_q8_0),
@@ -473,8 +473,10 @@ def _block_impl(fmt, path, acc, corr, w, o, xq, xd, xs, b):
     return None
 
 
-# Formats whose matvec runs GROUP blocks at a time (the rest: two at a time).
-_GROUPS = {"q4_0": _q4_0_group}
+# Formats whose matvec runs GROUP blocks at a time (the rest: two at a time): the group
+# function, and the activations it reads (their last blocks, past the last whole group,
+# as the format's block function reads them).
+_GROUPS = {"q4_0": (_q4_0_group, quantize_q8_0_pairs)}
 
 
 def _group(fmt, path, acc, w, o, xq, xd, xs, b):
@@ -484,7 +486,7 @@ def _group(fmt, path, acc, w, o, xq, xd, xs, b):
 @overload(_group, prefer_literal=True, jit_options={"forceinline": True})
 def _group_impl(fmt, path, acc, w, o, xq, xd, xs, b):
     if isinstance(fmt, types.StringLiteral):
-        fn = _GROUPS[fmt.literal_value]
+        fn = _GROUPS[fmt.literal_value][0]
         return lambda fmt, path, acc, w, o, xq, xd, xs, b: fn(path, acc, w, o, xq, xd, xs, b)
     return None
 
@@ -558,9 +560,15 @@ def kernels(path: str, parallel: bool = True) -> dict:
             for name, (qtype, _, _) in FORMATS.items()}
 
 
+def quantizer(qtype: QT):
+    """The activation quantizer of the matvec kernel for `qtype`."""
+    name = BY_QTYPE[qtype]
+    return _GROUPS[name][1] if name in _GROUPS else FORMATS[name][2]
+
+
 def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
-    """x quantized the way the kernel for `qtype` reads it."""
-    return FORMATS[BY_QTYPE[qtype]][2](x)
+    """x quantized the way the matvec kernel for `qtype` reads it."""
+    return quantizer(qtype)(x)
 
 
 def matvec_blocks(path: str, qtype: QT, w: np.ndarray, x: Q8 | np.ndarray,
@@ -579,7 +587,7 @@ def matvec_multi(path: str, weights, x: np.ndarray, parallel: bool = True) -> li
     quantized = {}
     out = []
     for qtype, w in weights:
-        quantize = FORMATS[BY_QTYPE[qtype]][2]
+        quantize = quantizer(qtype)
         if quantize not in quantized:
             quantized[quantize] = quantize(x)
         out.append(matvec_blocks(path, qtype, w, quantized[quantize], parallel=parallel))

@@ -103,22 +103,6 @@ def _fields(builder, v, shifts, mask, gfni=GFNI):
     len(shifts) equal parts (mask < 1 << (8 - shift))."""
     n = v.type.count
     part = n // len(shifts)
-    if gfni:
-        matrices = ir.Constant(ir.VectorType(_I64, n // 8), ir.Undefined)
-        for q in range(n // 8):
-            matrices = builder.insert_element(
-                matrices, _field_matrix(builder, shifts[8 * q // part], mask), _I32(q))
-        affine = _call(builder, f"llvm.x86.vgf2p8affineqb.{8 * n}", v.type,
-                       [v, builder.bitcast(matrices, v.type), _I8(0)])
-        # No shift: a mask alone, which any vector pipe runs, where GFNI shares Zen 4's two
-        # multiply pipes with the dot products (the shifts are constants once inlined,
-        # so LLVM keeps one side)
-        unshifted = ir.Constant(ir.IntType(1), 1)
-        for shift in shifts:
-            unshifted = builder.and_(unshifted, builder.icmp_unsigned(
-                "==", _as_i64(builder, shift), _I64(0)))
-        masked = builder.and_(v, _splat(builder, builder.trunc(mask, _I8), v.type))
-        return builder.select(unshifted, masked, affine)
     # 16-bit shifts (x86 has no 8-bit ones); the mask drops what crosses bytes
     words = ir.VectorType(_I16, n // 2)
     amounts = ir.Constant(words, ir.Undefined)
@@ -126,7 +110,23 @@ def _fields(builder, v, shifts, mask, gfni=GFNI):
         amounts = builder.insert_element(amounts, builder.trunc(shifts[2 * k // part], _I16),
                                          _I32(k))
     shifted = builder.bitcast(builder.lshr(builder.bitcast(v, words), amounts), v.type)
-    return builder.and_(shifted, _splat(builder, builder.trunc(mask, _I8), v.type))
+    masked = builder.and_(shifted, _splat(builder, builder.trunc(mask, _I8), v.type))
+    if not gfni:
+        return masked
+    matrices = ir.Constant(ir.VectorType(_I64, n // 8), ir.Undefined)
+    for q in range(n // 8):
+        matrices = builder.insert_element(
+            matrices, _field_matrix(builder, shifts[8 * q // part], mask), _I32(q))
+    affine = _call(builder, f"llvm.x86.vgf2p8affineqb.{8 * n}", v.type,
+                   [v, builder.bitcast(matrices, v.type), _I8(0)])
+    # With no shift at all the mask alone, which any vector pipe runs, where GFNI shares
+    # Zen 4's two multiply pipes with the dot products (the shifts are constants once
+    # inlined, so LLVM keeps one side)
+    unshifted = ir.Constant(ir.IntType(1), 1)
+    for shift in shifts:
+        unshifted = builder.and_(unshifted, builder.icmp_unsigned(
+            "==", _as_i64(builder, shift), _I64(0)))
+    return builder.select(unshifted, masked, affine)
 
 
 @intrinsic
