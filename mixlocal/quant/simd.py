@@ -415,6 +415,31 @@ def strided_halves(stride: int):
     return halves
 
 
+def strided_half_pairs(stride: int):
+    """An intrinsic (arr, offset) -> (f32x8, f32x8): the IEEE halves at bytes offset +
+    stride k and offset + stride k + 2, k < 8 (both f16 heading each of 8 consecutive
+    blocks, as Q4_1's d and m), by one shuffle of the first and the last 64 bytes they
+    span, each of which must hold whole halves."""
+    last = 7 * stride + 4 - 64
+    starts = [stride * k + second for second in (0, 2) for k in range(8)]
+    assert all(b + 2 <= 64 or (b >= last and (b - last) % 2 == 0) for b in starts)
+    picks = [b // 2 if b + 2 <= 64 else 32 + (b - last) // 2 for b in starts]
+
+    @intrinsic
+    def halves(typingctx, arr, offset):
+        def codegen(context, builder, sig, args):
+            ends = [builder.load(_at(context, builder, sig.args[0], args[0],
+                                     builder.add(args[1], args[1].type(start)), _W512), align=1)
+                    for start in (0, last)]
+            picked = builder.shuffle_vector(*ends, _consts(ir.VectorType(_I32, 16), picks))
+            wide = builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 16)),
+                                 ir.VectorType(_F32, 16))
+            return context.make_tuple(builder, sig.return_type, [
+                builder.shuffle_vector(wide, wide, _consts(_V32, range(h, h + 8))) for h in (0, 8)])
+        return types.UniTuple(f32x8, 2)(arr, offset), codegen
+    return halves
+
+
 @intrinsic
 def bytes_i16(typingctx, a0, a1, a2, a3, sub):
     """The 16 bytes of four uint32 (little-endian) as int8, widened to int16, minus sub."""
