@@ -170,8 +170,8 @@ class Quantizer:
 
 # Q8_0's sums are float32: the kernels subtract them in float
 quantize_q8_0 = Quantizer(32, 32, float_sums=True)
-# Q8_0 for Q4_0's and Q4_1's matvec, which read blocks k and k + 4 of eight together: their low
-# nibbles (values 0-15 of each), then their high ones (16-31)
+# Q8_0 for Q4_0's and Q4_1's matvec, which read blocks k and k + 4 of eight together:
+# their low nibbles (values 0-15 of each), then their high ones (16-31)
 quantize_q8_0_pairs = Quantizer(32, 32, float_sums=True, run=16, pair_stride=8)
 quantize_q8_k = Quantizer(256, 16, float_sums=False)
 # Q8_K in the orders of the K-quants' bit fields, so that a 512-bit load and one mask (or

@@ -434,8 +434,9 @@ def strided_half_pairs(stride: int):
             picked = builder.shuffle_vector(*ends, _consts(ir.VectorType(_I32, 16), picks))
             wide = builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 16)),
                                  ir.VectorType(_F32, 16))
-            return context.make_tuple(builder, sig.return_type, [
-                builder.shuffle_vector(wide, wide, _consts(_V32, range(h, h + 8))) for h in (0, 8)])
+            parts = [builder.shuffle_vector(wide, wide, _consts(_V32, range(h, h + 8)))
+                     for h in (0, 8)]
+            return context.make_tuple(builder, sig.return_type, parts)
         return types.UniTuple(f32x8, 2)(arr, offset), codegen
     return halves
 
