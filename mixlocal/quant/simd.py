@@ -198,16 +198,28 @@ def load_nibbles(typingctx, arr, offset):
     return u8x32(arr, offset), codegen
 
 
+def _load_pair(context, builder, arrty, arr, o0, o1, size=32):
+    """The `size` bytes at o0, then the `size` at o1, as one vector."""
+    part = ir.VectorType(_I8, size)
+    halves = [builder.load(_at(context, builder, arrty, arr, o, part), align=1) for o in (o0, o1)]
+    return builder.shuffle_vector(*halves, _consts(ir.VectorType(_I32, 2 * size), range(2 * size)))
+
+
+@intrinsic
+def load_pair(typingctx, arr, o0, o1):
+    """The 16 bytes at o0, then the 16 at o1 (u8x32)."""
+    def codegen(context, builder, sig, args):
+        return _load_pair(context, builder, sig.args[0], *args, size=16)
+    return u8x32(arr, o0, o1), codegen
+
+
 def _nibble_pair(shift: int):
     @intrinsic
     def pair(typingctx, arr, o0, o1):
         """(byte >> shift) & 15 of the 16 bytes at o0, then of the 16 at o1: a mask and
         a 16-bit shift, off the pipes GFNI shares with the dot products."""
         def codegen(context, builder, sig, args):
-            v16 = ir.VectorType(_I8, 16)
-            halves = [builder.load(_at(context, builder, sig.args[0], args[0], o, v16), align=1)
-                      for o in args[1:]]
-            both = builder.shuffle_vector(*halves, _consts(ir.VectorType(_I32, 32), range(32)))
+            both = _load_pair(context, builder, sig.args[0], *args, size=16)
             return _fields(builder, both, [_I64(shift)], _I64(15), gfni=False)
         return u8x32(arr, o0, o1), codegen
     return pair
@@ -278,6 +290,18 @@ def _dot_i8(builder, path, acc, w, s):
     return _dpbusd(builder, path, acc, absw, signed)
 
 
+def _dot_i8_plus_128(builder, path, acc, w, s):
+    """acc + (w + 128) . s for signed w and s (|s| <= 127), as _dpbusd sums them. On
+    VNNI, w with its sign bit flipped is w + 128 unsigned: one instruction before the
+    dot product where _dot_i8 takes four. On AVX2, whose int16 pairs would saturate,
+    _dot_i8 plus 128 times the sums of s."""
+    if path == "vnni":
+        return _dpbusd(builder, path, acc, builder.xor(w, ir.Constant(_V8, [0x80] * 32)), s)
+    sums = _dpbusd(builder, path, ir.Constant(_V32, [0] * 8), ir.Constant(_V8, [1] * 32), s)
+    return _dot_i8(builder, path, builder.add(acc, builder.shl(sums, _consts(_V32, [7] * 8))),
+                   w, s)
+
+
 def _path_op(emit):
     """The intrinsic (path, acc, a, b) -> i32x8 whose IR, emit(builder, path, acc, a, b),
     depends on the path: a string literal, so each path compiles its own code."""
@@ -297,6 +321,7 @@ def _path_op(emit):
 dpbusd = _path_op(_dpbusd)
 dpwssd = _path_op(_dpwssd)
 dot_i8 = _path_op(_dot_i8)
+dot_i8_plus_128 = _path_op(_dot_i8_plus_128)
 
 
 def _packed_dot(builder, acc, qs, xs, scales):
@@ -386,7 +411,7 @@ def block_sums(typingctx, p0, p1, p2, p3):
     """The sums of eight blocks' lanes, as one i32x8 (block k in lane k): p_k holds
     block k in lanes 0-3 and block k + 4 in lanes 4-7, each of magnitude below 16384.
     Two rounds of pairwise adds through int16: a pack, then a multiply-add by ones
-    (1.09-1.11x over phadd on Zen 4)."""
+    (1.09-1.11x over block_sums_i32's horizontal adds on Zen 4)."""
     def codegen(context, builder, sig, args):
         ones = ir.Constant(_V16, [1] * 16)
 
@@ -394,6 +419,16 @@ def block_sums(typingctx, p0, p1, p2, p3):
             # [a0+a1, a2+a3, b0+b1, b2+b3] in each 128-bit half
             packed = _call(builder, "llvm.x86.avx2.packssdw", _V16, [a, b])
             return _call(builder, "llvm.x86.avx2.pmadd.wd", _V32, [packed, ones])
+        return pair_sums(pair_sums(args[0], args[1]), pair_sums(args[2], args[3]))
+    return i32x8(p0, p1, p2, p3), codegen
+
+
+@intrinsic
+def block_sums_i32(typingctx, p0, p1, p2, p3):
+    """As block_sums, for int32 lanes of any size: two rounds of horizontal adds."""
+    def codegen(context, builder, sig, args):
+        def pair_sums(a, b):
+            return _call(builder, "llvm.x86.avx2.phadd.d", _V32, [a, b])
         return pair_sums(pair_sums(args[0], args[1]), pair_sums(args[2], args[3]))
     return i32x8(p0, p1, p2, p3), codegen
 
@@ -560,12 +595,6 @@ def hsum(typingctx, v):
 
 
 # --- 512-bit pieces of the K-quant and Q8_0 kernels (vnni only) -----------------------
-
-def _load_pair(context, builder, arrty, arr, o0, o1):
-    """The 32 bytes at o0, then the 32 at o1, as 64."""
-    lo, hi = (builder.load(_at(context, builder, arrty, arr, o, _V8), align=1) for o in (o0, o1))
-    return builder.shuffle_vector(lo, hi, _consts(ir.VectorType(_I32, 64), range(64)))
-
 
 @intrinsic
 def load_u8x64(typingctx, arr, o0, o1):
