@@ -26,10 +26,9 @@ from numba.extending import overload
 
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
-                     q5_k_pairs, q6_pairs, q6_scales, q45_scales)
+                     q5_k_pairs, q6_pairs, q6_scales, q8_0_scales, q45_scales)
 from .simd import (at, block_dots, f16_at, fma, fmul, group_scales, hsum, load_f32x8,
-                   load_u8x64, low_i32, mul_i16, plus_128, spread_pairs, strided_halves,
-                   zeros_f32)
+                   load_u8x64, low_i32, mul_i16, plus_128, spread_pairs, zeros_f32)
 
 CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core's L2
 TOKENS = 4  # tokens per step of a tile; quantized tokens are padded with zeros to a multiple
@@ -208,9 +207,6 @@ def _q2_token(acc, sb, xq, xd, xs, tb):
     return _k_total("vnni", acc, _k_sums(sb, xq, tb), d, xs, tb, mn, d16, at(xd, tb))
 
 
-_q8_0_scales = strided_halves(34)  # the d of eight consecutive Q8_0 blocks
-
-
 @_inline
 def _q8_0_sb(w, o):
     """Eight Q8_0 blocks (f16 d, 32 int8) as one 256-weight super-block: the weights
@@ -218,7 +214,7 @@ def _q8_0_sb(w, o):
     pairs = (plus_128(load_u8x64(w, o + 2, o + 36)), plus_128(load_u8x64(w, o + 70, o + 104)),
              plus_128(load_u8x64(w, o + 138, o + 172)),
              plus_128(load_u8x64(w, o + 206, o + 240)))
-    return pairs, _q8_0_scales(w, o)
+    return pairs, q8_0_scales(w, o)
 
 
 @_inline

@@ -78,7 +78,7 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
     return fma(acc, p, f16_times(w, o, at(xd, b))), corr
 
 
-# --- Q4_0 and Q4_1 eight blocks at a time, for matvec ---------------------------------
+# --- Q4_0, Q4_1 and Q8_0 eight blocks at a time, for matvec -------------------------
 # Block by block, the offset, the two scales and the accumulation cost four vector
 # instructions per 32 weights, as many as the integer dot product itself. Eight
 # blocks' dot products folded into one vector (simd.block_sums) share them instead:
@@ -87,7 +87,8 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
 # register, low nibbles then high ones (a mask and a shift, not GFNI), against
 # activations quantized in that order (quantize_q8_0_pairs): 1.03-1.10x over a block
 # to a register, whose sums took a third round of folding. Q4_1 the same way: 1.7x
-# over two blocks at a time (its minimums had taken scalar arithmetic per block).
+# over two blocks at a time from L2 (its minimums had taken scalar arithmetic per
+# block), 1.4x from DRAM on a small model's short rows.
 
 GROUP = 8  # blocks per step of a grouped row kernel
 _q4_0_scales = strided_halves(18)
@@ -130,8 +131,8 @@ def _q4_1_group(path, acc, w, o, xq, xd, xs, b):
 
 # Q8_0 the same way, its weights plus 128 as unsigned bytes (simd.dot_i8_plus_128): its
 # sums outgrow block_sums' int16 lanes, so they fold in horizontal int32 adds
-# (block_sums_i32). 1.4x over two blocks at a time, from L1 or L2.
-_q8_0_scales = strided_halves(34)
+# (block_sums_i32). 1.4x over two blocks at a time from L1 or L2, 1.27x from DRAM.
+q8_0_scales = strided_halves(34)  # the d of eight consecutive Q8_0 blocks
 
 
 @_inline
@@ -145,10 +146,11 @@ def _q8_0_pair(path, w, o, k, xq, b):
 
 @_inline
 def _q8_0_group(path, acc, w, o, xq, xd, xs, b):
+    """As _q4_0_group."""
     p = block_sums_i32(_q8_0_pair(path, w, o, 0, xq, b), _q8_0_pair(path, w, o, 1, xq, b),
                        _q8_0_pair(path, w, o, 2, xq, b), _q8_0_pair(path, w, o, 3, xq, b))
     offset = fma(p, load_f32x8(xs, b), -128.0)  # (q + 128) . a - 128 sum(a)
-    return fma(acc, offset, fmul(_q8_0_scales(w, o), load_f32x8(xd, b)))
+    return fma(acc, offset, fmul(q8_0_scales(w, o), load_f32x8(xd, b)))
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
