@@ -29,13 +29,14 @@ from ..ggml_types import GGMLType as QT
 from .formats import type_size
 from .q8 import (Q8, quantize_q8_0, quantize_q8_0_pairs, quantize_q8_k, quantize_q8_k_crumbs,
                  quantize_q8_k_nibbles, source_run)
-from .simd import (at, bit_bytes, bits_u8x64, block_sums, block_sums_i32, bytes_i16,
-                   chunk_order, dot_i8, dot_i8_plus_128, dpbusd, dpwssd, f16_at,
-                   f16_times, fadd, fma, fma_less, fmul, group_scales, high_nibble_pair,
-                   hsum, load_f32x8, load_i16x16, load_nibbles, load_pair, load_u8x32,
-                   low_i32, low_nibble_pair, mul_i16, or_shl, prefetch_l2, scaled_pairs,
-                   scaled_quad, shr_and, spread_pairs, strided_half_pairs, strided_halves,
-                   sum_i32x8, u32_at, zero_sum, zeros_f32, zeros_i32)
+from .simd import (at, bit_bytes, bits_u8x64, block_sums, block_sums_i32,
+                   bytes_i16, chunk_order, dot_i8, dot_i8_plus_128, dpbusd, dpwssd,
+                   f16_at, f16_times, fadd, fma, fma_less, fmul, group_scales,
+                   high_nibble_pair, hsum, load_f32x8, load_i16x16, load_nibbles,
+                   load_pair, load_u8x32, low_i32, low_nibble_pair, mul_i16, or_bits, or_shl,
+                   prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs,
+                   strided_half_pairs, strided_halves, sum_i32x8, u32_at, zero_sum,
+                   zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
 
@@ -96,13 +97,19 @@ _q4_1_heads = strided_half_pairs(20)  # d and m
 
 
 @_inline
-def _nibble_pair(path, w, o, step, k, xq, b):
+def _nibble_pair(path, w, o, step, k, xq, b, qh=-1):
     """Blocks b + k and b + k + 4 of a group (block b at byte o, `step` bytes a block,
-    its last 16 the nibbles) times their activations: lanes 0-3 hold the first's
-    partial sums, lanes 4-7 the second's."""
+    its last 16 the nibbles; fifth bits in the 32-bit mask at byte qh of each, -1: none)
+    times their activations: lanes 0-3 hold the first's partial sums, lanes 4-7 the
+    second's."""
     lo, hi = o + step * (k + 1) - 16, o + step * (k + 5) - 16
-    p = dpbusd(path, zeros_i32(), low_nibble_pair(w, lo, hi), load_u8x32(xq, 32 * b + 64 * k))
-    return dpbusd(path, p, high_nibble_pair(w, lo, hi), load_u8x32(xq, 32 * b + 64 * k + 32))
+    low, high = low_nibble_pair(w, lo, hi), high_nibble_pair(w, lo, hi)
+    if qh >= 0:  # bit j of a block's mask: its value j's; values 0-15, then 16-31
+        first, second = u32_at(w, o + step * k + qh), u32_at(w, o + step * (k + 4) + qh)
+        low = or_bits(low, (first & 0xFFFF) | (second << 16), 16)
+        high = or_bits(high, (first >> 16) | (second & 0xFFFF0000), 16)
+    p = dpbusd(path, zeros_i32(), low, load_u8x32(xq, 32 * b + 64 * k))
+    return dpbusd(path, p, high, load_u8x32(xq, 32 * b + 64 * k + 32))
 
 
 @_inline
@@ -126,6 +133,40 @@ def _q4_1_group(path, acc, w, o, xq, xd, xs, b):
     """As _q4_0_group: (d q + m) . a = d (q . a) + m sum(a)."""
     d, m = _q4_1_heads(w, o)
     total = fma(fmul(_nibble_sums(path, w, o, 20, xq, b), d), m, load_f32x8(xs, b))
+    return fma(acc, total, load_f32x8(xd, b))
+
+
+# Q5_0 and Q5_1 the same way, their fifth bits from each block's mask
+# (simd.or_bits); sums of 5-bit weights outgrow block_sums' int16 lanes, so they fold
+# in horizontal int32 adds (block_sums_i32). 1.35x (Q5_0) and 1.2x (Q5_1) over two
+# blocks at a time, from L2 or DRAM on one thread.
+_q5_0_scales = strided_halves(22)
+_q5_1_scales = strided_halves(24)
+
+
+@_inline
+def _fifth_bit_sums(path, w, o, step, xq, b):
+    """q . a of blocks b..b + 7 (the first at byte o; Q5_0's or Q5_1's layout: their
+    mask 4 bytes before the nibbles), one block to a lane."""
+    qh = step - 20
+    return block_sums_i32(_nibble_pair(path, w, o, step, 0, xq, b, qh),
+                          _nibble_pair(path, w, o, step, 1, xq, b, qh),
+                          _nibble_pair(path, w, o, step, 2, xq, b, qh),
+                          _nibble_pair(path, w, o, step, 3, xq, b, qh))
+
+
+@_inline
+def _q5_0_group(path, acc, w, o, xq, xd, xs, b):
+    """As _q4_0_group, weights d (q - 16)."""
+    offset = fma(_fifth_bit_sums(path, w, o, 22, xq, b), load_f32x8(xs, b), -16.0)
+    return fma(acc, offset, fmul(_q5_0_scales(w, o), load_f32x8(xd, b)))
+
+
+@_inline
+def _q5_1_group(path, acc, w, o, xq, xd, xs, b):
+    """As _q4_1_group."""
+    total = fma(fmul(_fifth_bit_sums(path, w, o, 24, xq, b), _q5_1_scales(w, o)),
+                _q5_1_scales(w, o + 2), load_f32x8(xs, b))
     return fma(acc, total, load_f32x8(xd, b))
 
 
@@ -522,6 +563,8 @@ def _block_impl(fmt, path, acc, corr, w, o, xq, xd, xs, b):
 # as the format's block function reads them).
 _GROUPS = {"q4_0": (_q4_0_group, quantize_q8_0_pairs),
            "q4_1": (_q4_1_group, quantize_q8_0_pairs),
+           "q5_0": (_q5_0_group, quantize_q8_0_pairs),
+           "q5_1": (_q5_1_group, quantize_q8_0_pairs),
            "q8_0": (_q8_0_group, quantize_q8_0_pairs)}
 
 

@@ -243,6 +243,17 @@ def bit_bytes(typingctx, arr, offset, value):
 
 
 @intrinsic
+def or_bits(typingctx, v, bits, value):
+    """Byte j of v (u8x32), or `value` into it where bit j of the 32-bit `bits` is set:
+    on AVX-512 the bits become a mask register for one masked instruction."""
+    def codegen(context, builder, sig, args):
+        hit = builder.bitcast(builder.trunc(args[1], _I32), ir.VectorType(ir.IntType(1), 32))
+        byte = _splat(builder, builder.trunc(args[2], _I8), _V8)
+        return builder.select(hit, builder.or_(args[0], byte), args[0])
+    return u8x32(v, bits, value), codegen
+
+
+@intrinsic
 def shr_and(typingctx, v, shift, mask):
     """(v >> shift) & mask in every byte (mask < 1 << (8 - shift))."""
     def codegen(context, builder, sig, args):
