@@ -123,12 +123,29 @@ class Rope:
 
     def __call__(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """x: contiguous float32 (n, heads, head_dim), rotated in place and returned."""
-        pairs = x.view(np.complex64)
-        pairs[..., :self.rotation.shape[1]] *= self.rotation[positions][:, None, :]
+        _rotate(x.view(np.complex64), self.rotation, positions)
         return x
 
 
+@njit(cache=True)
+def _rotate(pairs, rotation, positions):
+    """pairs[t, h, i] *= rotation[positions[t], i] for the first rotation.shape[1] pairs
+    of each head. Jitted: numpy's broadcast product cost a generated token 3 us a call,
+    twice a layer, for its few hundred values."""
+    for t in range(pairs.shape[0]):
+        r = rotation[positions[t]]
+        for h in range(pairs.shape[1]):
+            p = pairs[t, h]
+            for i in range(r.shape[0]):
+                p[i] *= r[i]
+
+
 QUERY_BLOCK = 64  # a prompt's queries per step of attention
+# A generated token's q.k products (heads x cached tokens x head size) below which its
+# attention runs jitted on the calling thread (_attend_short): a small model's numpy
+# calls cost more than their arithmetic (SmolLM2's heads: 11 us against 3 at 16 cached
+# tokens, level at 200); Mixtral's heads reach it at 24 cached tokens.
+SHORT_ATTENTION = 100_000
 # Cached tokens from which a generated token's attention runs jitted (_attend_token):
 # numpy's batched product over the cache, whose key rows lie n_kv hd floats apart per
 # head, is quicker up to 256 tokens (78 us a layer, Mixtral's heads) and slows past
@@ -193,8 +210,21 @@ def _attend_token(q, k, v, scale, parts):
     return out
 
 
-# (q, k, v, scale, parts) as Model.forward passes them: a token's queries, the cache
-_ATTEND_TOKEN_TYPES = "(float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32, int64)"
+@njit(cache=True, fastmath=_ATTEND_MATH, error_model="numpy")
+def _attend_short(q, k, v, scale):
+    """_attend_token's work in one part, on the calling thread."""
+    n_head, hd = q.shape
+    out = np.empty((n_head, hd), np.float32)
+    top, total = np.empty(n_head, np.float32), np.empty(n_head, np.float32)
+    _attend_part(q, k, v, 0, k.shape[0], scale, out, top, total)
+    for h in range(n_head):
+        out[h] /= total[h]
+    return out
+
+
+# The token kernels' arguments as Model.forward passes them: a token's queries, the cache
+_TOKEN_ARGS = "float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32"
+_TOKEN_KERNELS = ((_attend_token, f"({_TOKEN_ARGS}, int64)"), (_attend_short, f"({_TOKEN_ARGS})"))
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
@@ -205,7 +235,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     Returns (n, n_head * hd). A prompt runs in blocks of QUERY_BLOCK queries per key/value
     head, split over the threads; each block reads only the keys up to its last query
     (a 256-token prompt: 5/8 of the work). A generated token over LONG_CONTEXT or more
-    cached tokens runs _attend_token, its cached tokens split over the threads.
+    cached tokens runs _attend_token, its cached tokens split over the threads; one with
+    less than SHORT_ATTENTION products, _attend_short; the rest, numpy's products.
     """
     n, n_head, hd = q.shape
     t, n_kv, _ = k.shape
@@ -214,15 +245,18 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     if n == 1 and t >= LONG_CONTEXT:
         parts = min(get_num_threads(), t // (LONG_CONTEXT // 2))
         return _attend_token(q[0], k, v, scale, parts).reshape(1, n_head * hd)
+    if n == 1 and n_head * t * hd < SHORT_ATTENTION:
+        return _attend_short(q[0], k, v, scale).reshape(1, n_head * hd)
     if n == 1:  # a token: every head at once, no future keys
         scores = q[0].reshape(n_kv, group, hd) @ k.transpose(1, 2, 0)  # (n_kv, group, T)
         scores *= scale
         return (softmax(scores) @ v.transpose(1, 0, 2)).reshape(1, n_head * hd)
 
     # Compiled (or loaded from Numba's cache) with a prompt, under a front end's compile
-    # notice, not mid-answer the first time a conversation passes LONG_CONTEXT
-    if not _attend_token.overloads:
-        _attend_token.compile(_ATTEND_TOKEN_TYPES)
+    # notice, not mid-answer (the first time a conversation passes LONG_CONTEXT, say)
+    for kernel, signature in _TOKEN_KERNELS:
+        if not kernel.overloads:
+            kernel.compile(signature)
     out = np.empty((n, n_head, hd), np.float32)
     # -inf where a query's key lies in its future, in a block's last QUERY_BLOCK keys
     future = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)

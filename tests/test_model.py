@@ -13,7 +13,8 @@ from reference import Reference
 
 from mixlocal.gguf_file import GGUFFile
 from mixlocal.kv_cache import ContextOverflowError
-from mixlocal.model import Model, _attend_token, _swiglu_parallel, _swiglu_serial, attention
+from mixlocal.model import (LONG_CONTEXT, SHORT_ATTENTION, Model, _attend_token,
+                            _swiglu_parallel, _swiglu_serial, attention)
 
 # With float weights every product is float32: measured errors are ~2e-6 of the
 # logits' spread. With quantized weights a product on one row (a decoded token, an
@@ -265,21 +266,32 @@ def _qkv(n, start, seed, n_head=8, n_kv=2, hd=16):
     return q, k, v
 
 
-@pytest.mark.parametrize("n,start", [(1, 40), (7, 0), (150, 0), (150, 37), (1, 300),
-                                     (1, 1000)])
-def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start):
+_SMALL, _MIXTRAL = (8, 2, 16), (32, 8, 128)  # heads, key/value heads, head size
+
+
+@pytest.mark.parametrize("n,start,heads,path", [
+    (1, 40, _SMALL, "short"), (1, 40, _MIXTRAL, "numpy"), (7, 0, _SMALL, "prompt"),
+    (150, 0, _SMALL, "prompt"), (150, 37, _SMALL, "prompt"), (1, 300, _SMALL, "long"),
+    (1, 1000, _SMALL, "long")])
+def test_attention_in_query_blocks_matches_a_dense_causal_softmax(n, start, heads, path):
     """A prompt's attention runs in blocks of QUERY_BLOCK queries, each against the keys
-    up to its last query (blocks of 64: 150 queries take three); a generated token's,
-    from LONG_CONTEXT cached tokens on, in a jitted kernel: float64 reference."""
-    q, k, v = _qkv(n, start, n + start)
+    up to its last query (blocks of 64: 150 queries take three); a generated token's
+    jitted on one thread below SHORT_ATTENTION products, through numpy above, and from
+    LONG_CONTEXT cached tokens on in the parallel kernel: float64 reference."""
+    t = start + n
+    taken = ("prompt" if n > 1 else "long" if t >= LONG_CONTEXT
+             else "short" if heads[0] * heads[2] * t < SHORT_ATTENTION else "numpy")
+    assert taken == path
+    q, k, v = _qkv(n, start, n + start, *heads)
     got = attention(q, k, v, start)
     np.testing.assert_allclose(got, _dense_causal_attention(q, k, v, start), rtol=0, atol=1e-5)
 
 
-def test_long_context_kernel_compiles_with_a_prompt(tmp_path):
-    """The long-context kernel compiles (or loads from Numba's cache) with a prompt, under
-    a front end's compile notice, not mid-answer when a conversation first passes
-    LONG_CONTEXT: a fresh cache, a prompt, then a long-context token compiles nothing."""
+def test_token_kernels_compile_with_a_prompt(tmp_path):
+    """A generated token's attention kernels compile (or load from Numba's cache) with a
+    prompt, under a front end's compile notice, not mid-answer (when a conversation first
+    passes LONG_CONTEXT, say): a fresh cache, a prompt, then a short-context token and a
+    long-context one compile nothing."""
     code = ("import numpy as np\n"
             "from mixlocal.jit_notice import on_first_compile\n"
             "from mixlocal.model import LONG_CONTEXT, attention\n"
@@ -288,6 +300,7 @@ def test_long_context_kernel_compiles_with_a_prompt(tmp_path):
             "long = np.ones((LONG_CONTEXT, 2, 16), np.float32)\n"
             "compiled = []\n"
             "with on_first_compile(lambda: compiled.append(1)):\n"
+            "    attention(q[:1], kv[:5], kv[:5], 4)\n"
             "    attention(q[:1], long, long, LONG_CONTEXT - 1)\n"
             "print(len(compiled))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
