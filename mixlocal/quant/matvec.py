@@ -10,11 +10,13 @@ One block function per format, `_q4_0` ... `_q6_k`, has the same shape:
 where o is the byte offset of a weight block, b the index of its activation block in
 the flat arrays xq, xd, xs (the GEMM passes all its tokens' rows at once), acc an f32x8
 accumulator and corr a float32 accumulator for the terms that do not depend on the
-weights' low bits. One row loop (`_row_kernel`) serves every format and path; it is
-compiled per (format, path) from a closure over those strings (and the block size),
-which also keys Numba's cache. Numba checks only the compiled file's date for that cache: after editing
-simd.py or q8.py alone (or this file alone, for gemm.py's kernels), clear
-mixlocal/quant/__pycache__.
+weights' low bits. The 32-weight formats also have a group function, eight blocks at
+a time (`_GROUPS`). Two row loops serve every format and path, `_grouped_row_kernel`
+(group functions, then block functions for a row's last blocks) and `_row_kernel`
+(the K-quants' block functions); each is compiled per (format, path) from a closure
+over those strings (and the block size), which also keys Numba's cache. Numba checks
+only the compiled file's date for that cache: after editing simd.py or q8.py alone (or
+this file alone, for gemm.py's kernels), clear mixlocal/quant/__pycache__.
 """
 
 from __future__ import annotations
