@@ -242,15 +242,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     t, n_kv, _ = k.shape
     group = n_head // n_kv
     scale = np.float32(1.0 / np.sqrt(hd))
-    if n == 1 and t >= LONG_CONTEXT:
-        parts = min(get_num_threads(), t // (LONG_CONTEXT // 2))
-        return _attend_token(q[0], k, v, scale, parts).reshape(1, n_head * hd)
-    if n == 1 and n_head * t * hd < SHORT_ATTENTION:
-        return _attend_short(q[0], k, v, scale).reshape(1, n_head * hd)
-    if n == 1:  # a token: every head at once, no future keys
-        scores = q[0].reshape(n_kv, group, hd) @ k.transpose(1, 2, 0)  # (n_kv, group, T)
-        scores *= scale
-        return (softmax(scores) @ v.transpose(1, 0, 2)).reshape(1, n_head * hd)
+    if n == 1:  # a generated token: no future keys
+        if t >= LONG_CONTEXT:
+            parts = min(get_num_threads(), t // (LONG_CONTEXT // 2))
+            out = _attend_token(q[0], k, v, scale, parts)
+        elif n_head * t * hd < SHORT_ATTENTION:
+            out = _attend_short(q[0], k, v, scale)
+        else:  # every head at once
+            scores = q[0].reshape(n_kv, group, hd) @ k.transpose(1, 2, 0)  # (n_kv, group, T)
+            scores *= scale
+            out = softmax(scores) @ v.transpose(1, 0, 2)
+        return out.reshape(1, n_head * hd)
 
     # Compiled (or loaded from Numba's cache) with a prompt, under a front end's compile
     # notice, not mid-answer (the first time a conversation passes LONG_CONTEXT, say)

@@ -37,7 +37,7 @@ from .simd import (at, bit_bytes, bits_u8x64, block_sums, block_sums_i32,
                    high_nibble_pair, hsum, load_f32x8, load_i16x16, load_nibbles,
                    load_pair, load_u8x32, low_i32, low_nibble_pair, mul_i16, or_bits, or_shl,
                    prefetch_l2, scaled_pairs, scaled_quad, shr_and, spread_pairs,
-                   strided_half_pairs, strided_halves, sum_i32x8, u32_at, zero_sum,
+                   strided_halves, sum_i32x8, u32_at, zero_sum,
                    zeros_f32, zeros_i32)
 
 _inline = njit(cache=True, forceinline=True)  # LLVM alwaysinline: one loop body
@@ -81,7 +81,7 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
     return fma(acc, p, f16_times(w, o, at(xd, b))), corr
 
 
-# --- Q4_0, Q4_1 and Q8_0 eight blocks at a time, for matvec -------------------------
+# --- the 32-weight formats eight blocks at a time, for matvec -----------------------
 # Block by block, the offset, the two scales and the accumulation cost four vector
 # instructions per 32 weights, as many as the integer dot product itself. Eight
 # blocks' dot products folded into one vector (simd.block_sums) share them instead:
@@ -95,7 +95,7 @@ def _q8_0(path, acc, corr, w, o, xq, xd, xs, b):  # f16 d, 32 int8
 
 GROUP = 8  # blocks per step of a grouped row kernel
 _q4_0_scales = strided_halves(18)
-_q4_1_heads = strided_half_pairs(20)  # d and m
+_q4_1_heads = strided_halves(20, 2)  # d and m
 
 
 @_inline
@@ -124,18 +124,29 @@ def _nibble_sums(path, w, o, step, xq, b):
 
 
 @_inline
+def _offset_total(acc, sums, offset, d, xd, xs, b):
+    """acc + eight blocks of weights d (q - offset) times their activation blocks b..b + 7,
+    from sums = q . a: (q - offset) . a = q . a - offset sum(a)."""
+    return fma(acc, fma(sums, load_f32x8(xs, b), -offset), fmul(d, load_f32x8(xd, b)))
+
+
+@_inline
+def _min_total(acc, sums, heads, xd, xs, b):
+    """As _offset_total, for weights d q + m (heads: d and m): d (q . a) + m sum(a)."""
+    d, m = heads
+    return fma(acc, fma(fmul(sums, d), m, load_f32x8(xs, b)), load_f32x8(xd, b))
+
+
+@_inline
 def _q4_0_group(path, acc, w, o, xq, xd, xs, b):
     """acc + blocks b..b + 7 (the first at byte o) times their activation blocks."""
-    offset = fma(_nibble_sums(path, w, o, 18, xq, b), load_f32x8(xs, b), -8.0)  # (q - 8) . a
-    return fma(acc, offset, fmul(_q4_0_scales(w, o), load_f32x8(xd, b)))
+    return _offset_total(acc, _nibble_sums(path, w, o, 18, xq, b), 8.0, _q4_0_scales(w, o),
+                         xd, xs, b)
 
 
 @_inline
 def _q4_1_group(path, acc, w, o, xq, xd, xs, b):
-    """As _q4_0_group: (d q + m) . a = d (q . a) + m sum(a)."""
-    d, m = _q4_1_heads(w, o)
-    total = fma(fmul(_nibble_sums(path, w, o, 20, xq, b), d), m, load_f32x8(xs, b))
-    return fma(acc, total, load_f32x8(xd, b))
+    return _min_total(acc, _nibble_sums(path, w, o, 20, xq, b), _q4_1_heads(w, o), xd, xs, b)
 
 
 # Q5_0 and Q5_1 the same way, their fifth bits from each block's mask
@@ -143,7 +154,7 @@ def _q4_1_group(path, acc, w, o, xq, xd, xs, b):
 # in horizontal int32 adds (block_sums_i32). 1.35x (Q5_0) and 1.2x (Q5_1) over two
 # blocks at a time, from L2 or DRAM on one thread.
 _q5_0_scales = strided_halves(22)
-_q5_1_scales = strided_halves(24)
+_q5_1_heads = strided_halves(24, 2)  # d and m
 
 
 @_inline
@@ -159,17 +170,14 @@ def _fifth_bit_sums(path, w, o, step, xq, b):
 
 @_inline
 def _q5_0_group(path, acc, w, o, xq, xd, xs, b):
-    """As _q4_0_group, weights d (q - 16)."""
-    offset = fma(_fifth_bit_sums(path, w, o, 22, xq, b), load_f32x8(xs, b), -16.0)
-    return fma(acc, offset, fmul(_q5_0_scales(w, o), load_f32x8(xd, b)))
+    return _offset_total(acc, _fifth_bit_sums(path, w, o, 22, xq, b), 16.0,
+                         _q5_0_scales(w, o), xd, xs, b)
 
 
 @_inline
 def _q5_1_group(path, acc, w, o, xq, xd, xs, b):
-    """As _q4_1_group."""
-    total = fma(fmul(_fifth_bit_sums(path, w, o, 24, xq, b), _q5_1_scales(w, o)),
-                _q5_1_scales(w, o + 2), load_f32x8(xs, b))
-    return fma(acc, total, load_f32x8(xd, b))
+    sums = _fifth_bit_sums(path, w, o, 24, xq, b)
+    return _min_total(acc, sums, _q5_1_heads(w, o), xd, xs, b)
 
 
 # Q8_0 the same way, its weights plus 128 as unsigned bytes (simd.dot_i8_plus_128): its
@@ -189,11 +197,10 @@ def _q8_0_pair(path, w, o, k, xq, b):
 
 @_inline
 def _q8_0_group(path, acc, w, o, xq, xd, xs, b):
-    """As _q4_0_group."""
+    """Its sums are of the weights plus 128, unsigned: 128 is their offset."""
     p = block_sums_i32(_q8_0_pair(path, w, o, 0, xq, b), _q8_0_pair(path, w, o, 1, xq, b),
                        _q8_0_pair(path, w, o, 2, xq, b), _q8_0_pair(path, w, o, 3, xq, b))
-    offset = fma(p, load_f32x8(xs, b), -128.0)  # (q + 128) . a - 128 sum(a)
-    return fma(acc, offset, fmul(q8_0_scales(w, o), load_f32x8(xd, b)))
+    return _offset_total(acc, p, 128.0, q8_0_scales(w, o), xd, xs, b)
 
 
 # --- K-quants: 256-weight super-blocks, with Q8_K activations (xs: sum per 16) -------
@@ -560,14 +567,12 @@ def _block_impl(fmt, path, acc, corr, w, o, xq, xd, xs, b):
     return None
 
 
-# Formats whose matvec runs GROUP blocks at a time (the rest: two at a time): the group
-# function, and the activations it reads (their last blocks, past the last whole group,
-# as the format's block function reads them).
-_GROUPS = {"q4_0": (_q4_0_group, quantize_q8_0_pairs),
-           "q4_1": (_q4_1_group, quantize_q8_0_pairs),
-           "q5_0": (_q5_0_group, quantize_q8_0_pairs),
-           "q5_1": (_q5_1_group, quantize_q8_0_pairs),
-           "q8_0": (_q8_0_group, quantize_q8_0_pairs)}
+# Formats whose matvec runs GROUP blocks at a time (the rest: two at a time), and their
+# group functions. Each reads blocks k and k + 4 of a group together, against activations
+# quantized in that order (quantize_q8_0_pairs); a row's blocks past its last whole group
+# go through the format's block function, which reads them as plain Q8_0 does.
+_GROUPS = {"q4_0": _q4_0_group, "q4_1": _q4_1_group, "q5_0": _q5_0_group,
+           "q5_1": _q5_1_group, "q8_0": _q8_0_group}
 
 
 def _group(fmt, path, acc, w, o, xq, xd, xs, b):
@@ -577,7 +582,7 @@ def _group(fmt, path, acc, w, o, xq, xd, xs, b):
 @overload(_group, prefer_literal=True, jit_options={"forceinline": True})
 def _group_impl(fmt, path, acc, w, o, xq, xd, xs, b):
     if isinstance(fmt, types.StringLiteral):
-        fn = _GROUPS[fmt.literal_value][0]
+        fn = _GROUPS[fmt.literal_value]
         return lambda fmt, path, acc, w, o, xq, xd, xs, b: fn(path, acc, w, o, xq, xd, xs, b)
     return None
 
@@ -655,7 +660,7 @@ def kernels(path: str, parallel: bool = True) -> dict:
 def quantizer(qtype: QT):
     """The activation quantizer of the matvec kernel for `qtype`."""
     name = BY_QTYPE[qtype]
-    return _GROUPS[name][1] if name in _GROUPS else FORMATS[name][2]
+    return quantize_q8_0_pairs if name in _GROUPS else FORMATS[name][2]
 
 
 def quantize_for(qtype: QT, x: np.ndarray) -> Q8:

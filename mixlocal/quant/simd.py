@@ -444,46 +444,40 @@ def block_sums_i32(typingctx, p0, p1, p2, p3):
     return i32x8(p0, p1, p2, p3), codegen
 
 
-def strided_halves(stride: int):
-    """An intrinsic (arr, offset) -> f32x8: the IEEE halves at bytes offset + stride * k
-    of a uint8 array, k < 8 (the scales of 8 consecutive blocks of `stride` bytes), by
-    one shuffle of the bytes they span."""
-    span = 7 * stride + 2
+def strided_halves(stride: int, heads: int = 1):
+    """An intrinsic (arr, offset) -> f32x8, or a tuple of `heads` f32x8: the IEEE halves
+    at bytes offset + stride k + 2 h of a uint8 array, k < 8, h < heads (the f16 heading
+    each of 8 consecutive blocks of `stride` bytes: Q4_0's d, Q4_1's d and m), by one
+    shuffle: of the span's first and last 64 bytes where they hold every half (Q4_1's
+    144-byte span 1.05x over loading all of it), else of the whole span."""
+    span = 7 * stride + 2 * heads
+    starts = [stride * k + 2 * h for h in range(heads) for k in range(8)]
+    last = span - 64
+    if all(b + 2 <= 64 or (b >= last and (b - last) % 2 == 0) for b in starts):
+        loads = ((0, 32), (last, 32))  # (byte offset, 16-bit words)
+        picks = [b // 2 if b + 2 <= 64 else 32 + (b - last) // 2 for b in starts]
+    else:
+        loads = ((0, (span + 1) // 2),)
+        picks = [b // 2 for b in starts]
 
     @intrinsic
     def halves(typingctx, arr, offset):
         def codegen(context, builder, sig, args):
-            words = ir.VectorType(_I16, (span + 1) // 2)
-            v = builder.load(_at(context, builder, sig.args[0], args[0], args[1], words), align=1)
-            picked = builder.shuffle_vector(v, v, _consts(_V32, [stride * k // 2 for k in range(8)]))
-            return builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 8)), _VF)
-        return f32x8(arr, offset), codegen
-    return halves
-
-
-def strided_half_pairs(stride: int):
-    """An intrinsic (arr, offset) -> (f32x8, f32x8): the IEEE halves at bytes offset +
-    stride k and offset + stride k + 2, k < 8 (both f16 heading each of 8 consecutive
-    blocks, as Q4_1's d and m), by one shuffle of the first and the last 64 bytes they
-    span, each of which must hold whole halves."""
-    last = 7 * stride + 4 - 64
-    starts = [stride * k + second for second in (0, 2) for k in range(8)]
-    assert all(b + 2 <= 64 or (b >= last and (b - last) % 2 == 0) for b in starts)
-    picks = [b // 2 if b + 2 <= 64 else 32 + (b - last) // 2 for b in starts]
-
-    @intrinsic
-    def halves(typingctx, arr, offset):
-        def codegen(context, builder, sig, args):
-            ends = [builder.load(_at(context, builder, sig.args[0], args[0],
-                                     builder.add(args[1], args[1].type(start)), _W512), align=1)
-                    for start in (0, last)]
-            picked = builder.shuffle_vector(*ends, _consts(ir.VectorType(_I32, 16), picks))
-            wide = builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 16)),
-                                 ir.VectorType(_F32, 16))
-            parts = [builder.shuffle_vector(wide, wide, _consts(_V32, range(h, h + 8)))
-                     for h in (0, 8)]
-            return context.make_tuple(builder, sig.return_type, parts)
-        return types.UniTuple(f32x8, 2)(arr, offset), codegen
+            parts = [builder.load(_at(context, builder, sig.args[0], args[0],
+                                      builder.add(args[1], args[1].type(start)),
+                                      ir.VectorType(_I16, words)), align=1)
+                     for start, words in loads]
+            picked = builder.shuffle_vector(parts[0], parts[-1],
+                                            _consts(ir.VectorType(_I32, 8 * heads), picks))
+            wide = builder.fpext(builder.bitcast(picked, ir.VectorType(ir.HalfType(), 8 * heads)),
+                                 ir.VectorType(_F32, 8 * heads))
+            if heads == 1:
+                return wide
+            return context.make_tuple(builder, sig.return_type, [
+                builder.shuffle_vector(wide, wide, _consts(_V32, range(8 * h, 8 * h + 8)))
+                for h in range(heads)])
+        result = f32x8 if heads == 1 else types.UniTuple(f32x8, heads)
+        return result(arr, offset), codegen
     return halves
 
 
