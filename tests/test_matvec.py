@@ -32,8 +32,8 @@ EXACT = 1e-5
 
 
 def _cols(qtype):
-    """One block, an odd number of blocks (the kernel pairs them), several (for Q4_0
-    and Q4_1: two groups of eight blocks and one more)."""
+    """One block, an odd number of blocks (the K-quant kernels pair them), several (for
+    the 32-weight formats, eight blocks a step: two groups and one more)."""
     return (256, 768, 1280) if qtype.name.endswith("_K") else (32, 96, 544)
 
 
