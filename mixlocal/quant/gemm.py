@@ -27,13 +27,18 @@ from numba.extending import overload
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
                      q5_k_pairs, q6_pairs, q6_scales, q8_0_scales, q45_scales)
-from .simd import (at, block_dots, f16_at, fma, fmul, group_scales, hsum, load_f32x8,
-                   load_u8x64, low_i32, mul_i16, plus_128, spread_pairs, zeros_f32)
+from .q8 import quantize_q8_k_halves
+from .simd import (at, block_dots, chain_lanes, chained_quad, f16_at, fma, fmul, group_scales,
+                   hsum, load_f32x8, load_u8x64, low_i32, mul_i16, plus_128, store_f32x8,
+                   zero_sum, zeros_f32)
 
 CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core's L2
 TOKENS = 4  # tokens per step of a tile; quantized tokens are padded with zeros to a multiple
 
 _QUANTIZE = {qtype: quantize for qtype, _, quantize in FORMATS.values()}
+# the tile kernels' activations, where their order differs from matvec's
+_TILE_QUANTIZE = {**_QUANTIZE, FORMATS["q4_k"][0]: quantize_q8_k_halves,
+                  FORMATS["q5_k"][0]: quantize_q8_k_halves}
 _inline = njit(cache=True, forceinline=True)
 
 
@@ -141,10 +146,16 @@ def _superblock(pairs, sc, tail):
 
 @_inline
 def _q45_sb(w, o, pairs):
-    """w = d sc q - dmin m per 32 weights."""
+    """w = d sc q - dmin m per 32 weights. Two dot products of 16-weight halves chain
+    into one int32 lane per 8 weights of a chunk before its scale, as their sums fit
+    int16 (8 * 31 * 127 at most, Q5_K): one pack and one multiply-add per 256 weights and
+    token where pair_sums takes two each (the activations in quantize_q8_k_halves'
+    order)."""
     sc, mn = q45_scales(w, o)
-    return _superblock(pairs, spread_pairs(sc),
-                       (f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2))))
+    a0, b0 = chain_lanes(pairs[0], pairs[1])
+    a1, b1 = chain_lanes(pairs[2], pairs[3])
+    return ((a0, b0, a1, b1), group_scales(sc, 0),
+            (f16_at(w, o), fmul(low_i32(mn), f16_at(w, o + 2))))
 
 
 @_inline
@@ -157,8 +168,9 @@ def _k_sums(sb, xq, tb):
 
 @_inline
 def _q45_token(acc, sb, xq, xd, xs, tb):
-    d, mins = sb[3]
-    return _k_float_mins(acc, _k_sums(sb, xq, tb), d, mins, xs, tb, at(xd, tb))
+    (a0, b0, a1, b1), scales, (d, mins) = sb
+    isum = chained_quad(zero_sum("vnni"), a0, b0, a1, b1, xq, 256 * tb, scales)
+    return _k_float_mins(acc, (isum, zero_sum("vnni")), d, mins, xs, tb, at(xd, tb))
 
 
 @_inline
@@ -279,11 +291,36 @@ def _zero_quad():
 
 
 @_inline
-def _row_by16(fmt, w, o, step, nb, xq, xd, xs, tb):
-    """Accumulators (four quads) of the row at byte o against a tile of 16 tokens whose
-    activations start at flat block tb."""
-    acc0 = acc1 = acc2 = acc3 = _zero_quad()
-    for b in range(nb):
+def _zero_quads():
+    return _zero_quad(), _zero_quad(), _zero_quad(), _zero_quad()
+
+
+@_inline
+def _saved_quads(part, i):
+    """Four quads from part[i:i + 128]."""
+    return ((load_f32x8(part, i), load_f32x8(part, i + 8), load_f32x8(part, i + 16),
+             load_f32x8(part, i + 24)),
+            (load_f32x8(part, i + 32), load_f32x8(part, i + 40), load_f32x8(part, i + 48),
+             load_f32x8(part, i + 56)),
+            (load_f32x8(part, i + 64), load_f32x8(part, i + 72), load_f32x8(part, i + 80),
+             load_f32x8(part, i + 88)),
+            (load_f32x8(part, i + 96), load_f32x8(part, i + 104), load_f32x8(part, i + 112),
+             load_f32x8(part, i + 120)))
+
+
+@_inline
+def _save_quads(part, i, quads):
+    for q in range(4):
+        for k in range(TOKENS):
+            store_f32x8(part, i + 32 * q + 8 * k, quads[q][k])
+
+
+@_inline
+def _row_by16(fmt, w, o, step, b0, b1, xq, xd, xs, tb, quads):
+    """quads (four accumulator quads) plus super-blocks b0..b1 - 1 of the row at byte o
+    against a tile of 16 tokens whose activations start at flat block tb."""
+    acc0, acc1, acc2, acc3 = quads
+    for b in range(b0, b1):
         sb = _decode(fmt, w, o + b * step)
         acc0 = _quad(fmt, acc0, sb, xq, xd, xs, tb + 16 * b)
         acc1 = _quad(fmt, acc1, sb, xq, xd, xs, tb + 16 * b + 4)
@@ -311,33 +348,61 @@ def _row_by1(fmt, w, o, step, nb, xq, xd, xs, tb):
 
 
 TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
+# Rows that pass over a tile's activations together, one super-block at a time, so that
+# all but the first read them from L1: for the formats whose products cost least per
+# token (Q4_K, Q5_K: _q45_sb), reading 256 bytes from L2 per token and super-block bounds
+# a row passing alone (1.12x on Q4_K with 8 rows, whose accumulators then go to memory
+# and back at each super-block; 0.93x on Q6_K, 0.9x on Q8_0). Others pass alone.
+ROWS_TOGETHER = {"q4_k": 8, "q5_k": 8}
 
 
 def _kernel_k(fmt: str):
+    together = ROWS_TOGETHER.get(fmt, 1)
+
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
         """y[t, r] = row r of w . token t, in tiles of 16 tokens, then of 4 (_layout: the
         activations hold len(y) tokens and zeros up to a multiple of 4); one or two
         tokens past the last 4 run alone, where a tile of 4 would mostly compute zeros.
-        Rows split across threads."""
+        Blocks of `together` rows split across threads."""
         n = len(y)
         padded = _padded(n)
         nb = xq.size // padded // 256  # super-blocks per token
         step = w.shape[1] // nb
         full = padded // TILE * TILE
         alone = n % TOKENS if n > full and n % TOKENS <= 2 else 0
-        for r in prange(w.shape[0]):
-            o = r * w.shape[1]
+        per_pass = nb if together == 1 else 1  # super-blocks in a row's pass over a tile
+        for block in prange(-(-w.shape[0] // together)):
+            first, end = block * together, min(block * together + together, w.shape[0])
+            part = np.empty(128 * together, np.float32)  # accumulators between passes
             for t in range(0, full, TILE):
-                quads = _row_by16(fmt, w, o, step, nb, xq, xd, xs, t * nb)
-                for k in range(TILE // TOKENS):
-                    _store_sums(y, r, t + TOKENS * k, quads[k])
-            for t in range(full, n - alone, TOKENS):
-                _store_sums(y, r, t, _row_by4(fmt, w, o, step, nb, xq, xd, xs, t * nb))
-            last = n - alone  # the first token of the last tile of 4
-            for t in range(last, n):
-                y[t, r] = hsum(_row_by1(fmt, w, o, step, nb, xq, xd, xs, last * nb + t - last))
+                for b in range(0, nb, per_pass):
+                    for r in range(first, end):
+                        i = 128 * (r - first)
+                        quads = _row_by16(fmt, w, r * w.shape[1], step, b, min(b + per_pass, nb),
+                                          xq, xd, xs, t * nb,
+                                          _saved_quads(part, i) if b else _zero_quads())
+                        if b + per_pass < nb:
+                            _save_quads(part, i, quads)
+                        else:
+                            for k in range(TILE // TOKENS):
+                                _store_sums(y, r, t + TOKENS * k, quads[k])
+            for r in range(first, end):
+                _past_tiles(fmt, w, r, step, nb, xq, xd, xs, y, full, alone)
     return kernel
+
+
+@_inline
+def _past_tiles(fmt, w, r, step, nb, xq, xd, xs, y, full, alone):
+    """Row r against the tokens past the tiles of 16: tiles of 4, then `alone` tokens."""
+    n = len(y)
+    o = r * w.shape[1]
+    for t in range(full, n - alone, TOKENS):
+        _store_sums(y, r, t, _row_by4(fmt, w, o, step, nb, xq, xd, xs, t * nb))
+    last = n - alone  # the first token of the last tile of 4
+    for t in range(last, n):
+        y[t, r] = hsum(_row_by1(fmt, w, o, step, nb, xq, xd, xs, last * nb + t - last))
+
 
 @cache
 def kernels(path: str) -> dict:
@@ -374,8 +439,8 @@ def matmul_q8_multi(path: str, weights, x: np.ndarray) -> list[np.ndarray]:
     quantized = {}
     out = []
     for qtype, w in weights:
-        quantize = _QUANTIZE[qtype]
         tiled = path == "vnni" and BY_QTYPE[qtype] in _SUPERBLOCKS and x.shape[1] % 256 == 0
+        quantize = (_TILE_QUANTIZE if tiled else _QUANTIZE)[qtype]
         if (quantize, tiled) not in quantized:
             unit = 256 if tiled else quantize.block  # a tile kernel's super-block
             quantized[quantize, tiled] = quantize.rows(

@@ -29,8 +29,8 @@ from numba.extending import overload
 
 from ..ggml_types import GGMLType as QT
 from .formats import type_size
-from .q8 import (Q8, quantize_q8_0, quantize_q8_0_pairs, quantize_q8_k, quantize_q8_k_crumbs,
-                 quantize_q8_k_nibbles, source_run)
+from .q8 import (CRUMB_CHUNKS, NIBBLE_CHUNKS, Q8, quantize_q8_0, quantize_q8_0_pairs,
+                 quantize_q8_k, quantize_q8_k_crumbs, quantize_q8_k_nibbles)
 from .simd import (at, bit_bytes, bits_u8x64, block_sums, block_sums_i32,
                    bytes_i16, chunk_order, dot_i8, dot_i8_plus_128, dpbusd, dpwssd,
                    f16_at, f16_times, fadd, fma, fma_less, fmul, group_scales,
@@ -275,8 +275,8 @@ def _q45_k(path, fmt, acc, w, o, xq, xd, xs, b, int_sums):
 # _q45_pair), their activations quantized in that order (quantize_q8_k_nibbles), and
 # their scales and minimums put in it by q45_scales; Q2_K and Q3_K in the order 0, 4,
 # 1, 5, 2, 6, 3, 7 (quantize_q8_k_crumbs).
-_nibble_order = chunk_order([source_run(v, 2) for v in range(8)], 1)
-_crumb_order = chunk_order([source_run(v, 4) for v in range(8)], 2)
+_nibble_order = chunk_order(NIBBLE_CHUNKS, 1)
+_crumb_order = chunk_order(CRUMB_CHUNKS, 2)
 
 
 @_inline
@@ -293,7 +293,7 @@ def q45_scales(w, o):
 def _q45_chunk(w, o, qh, qs, j):
     """The chunk visited j-th, c: nibbles of the 32 bytes chunks c - c % 2 (low) and
     c - c % 2 + 1 (high) share, with fifth bit c of each byte at qh."""
-    c = source_run(j, 2)
+    c = NIBBLE_CHUNKS[j]
     q = shr_and(load_u8x32(w, o + qs + 16 * (c - c % 2)), 4 * (c % 2), 15)
     if qh >= 0:
         q = or_shl(q, shr_and(load_u8x32(w, o + qh), c, 1), 4)
@@ -369,7 +369,7 @@ def q3_scales(w, o):
 def _q3_chunk(w, o, j):
     """The chunk visited j-th, c: two low bits from the 32 bytes at 32 + 32 (c // 4),
     the third from bit c of the mask at 0."""
-    c = source_run(j, 4)
+    c = CRUMB_CHUNKS[j]
     low = shr_and(load_u8x32(w, o + 32 + 32 * (c // 4)), 2 * (c % 4), 3)
     return or_shl(low, shr_and(load_u8x32(w, o), c, 1), 2)
 
@@ -396,7 +396,7 @@ def q2_scales(w, o):
 @_inline
 def _q2_chunk(w, o, j):
     """The chunk visited j-th, c: two bits of the 32 bytes at 16 + 32 (c // 4)."""
-    c = source_run(j, 4)
+    c = CRUMB_CHUNKS[j]
     return shr_and(load_u8x32(w, o + 16 + 32 * (c // 4)), 2 * (c % 4), 3)
 
 

@@ -188,6 +188,15 @@ load_u8x32 = _load(u8x32, _V8, 1)      # 32 bytes from byte i of a uint8 or int8
 
 
 @intrinsic
+def store_f32x8(typingctx, arr, i, v):
+    """v into elements i..i + 7 of a float32 array."""
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _at(context, builder, sig.args[0], args[0], args[1], _VF), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
 def load_nibbles(typingctx, arr, offset):
     """16 bytes at `offset` as 32 values: the low nibbles, then the high nibbles."""
     def codegen(context, builder, sig, args):
@@ -226,6 +235,16 @@ def _nibble_pair(shift: int):
 
 
 low_nibble_pair, high_nibble_pair = _nibble_pair(0), _nibble_pair(4)
+
+
+@intrinsic
+def bits_u8x32(typingctx, arr, o0, o1, s0, s1, mask):
+    """(byte >> s0) & mask of the 16 bytes at o0, then (byte >> s1) & mask of the 16 at
+    o1 (mask < 1 << (8 - shift))."""
+    def codegen(context, builder, sig, args):
+        both = _load_pair(context, builder, sig.args[0], *args[:3], size=16)
+        return _fields(builder, both, args[3:5], args[5])
+    return u8x32(arr, o0, o1, s0, s1, mask), codegen
 
 
 @intrinsic
@@ -336,16 +355,22 @@ dot_i8_plus_128 = _path_op(_dot_i8_plus_128)
 
 
 def _packed_dot(builder, acc, qs, xs, scales):
-    """acc (i32x16) + two 512-bit u8 x s8 dot products (weights qs, activations xs: two
-    64-byte vectors each), 16-weight half k scaled by int16 scales[_HALF_OF_LANE[k]].
+    """acc (i32x16) + two sums of 512-bit u8 x s8 dot products (weights qs, activations
+    xs: two tuples of 64-byte vectors each, of one or two vectors), 16-weight half k
+    scaled by int16 scales[_HALF_OF_LANE[k]].
 
-    The dot products give int32 lanes, 4 per half; each sum (|sum| <= 4 * 63 * 127)
-    fits in int16, so both pack into one vector (packssdw interleaves by 128 bits) for
-    one multiply-add with the scales: three 512-bit multiplies per 128 weights where
-    256-bit pair sums take eight 256-bit."""
-    sums = [_call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
-                  [ir.Constant(_V512, [0] * 16), builder.bitcast(q, _V512),
-                   builder.bitcast(x, _V512)]) for q, x in zip(qs, xs)]
+    The dot products give int32 lanes of 4 weights each, or of 8 where two chain into
+    one sum; a sum (|sum| <= 8 * 31 * 127, Q5_K's chained) fits in int16, so both pack
+    into one vector (packssdw interleaves by 128 bits) for one multiply-add with the
+    scales: three 512-bit multiplies per 128 weights where 256-bit pair sums take eight
+    256-bit, and chained, six per 256."""
+    sums = []
+    for chain, x_chain in zip(qs, xs):
+        total = ir.Constant(_V512, [0] * 16)
+        for q, x in zip(chain, x_chain):
+            total = _call(builder, "llvm.x86.avx512.vpdpbusd.512", _V512,
+                          [total, builder.bitcast(q, _V512), builder.bitcast(x, _V512)])
+        sums.append(total)
     packed = _call(builder, "llvm.x86.avx512.packssdw.512", _W512, sums)
     return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V512,
                  [acc, builder.bitcast(packed, _V512), builder.bitcast(scales, _V512)])
@@ -633,17 +658,51 @@ def group_scales(typingctx, sc, first):
     return i16x32(sc, first), codegen
 
 
+def _x512(context, builder, arrty, arr, offset, count):
+    """`count` 64-byte vectors of int8 activations from byte `offset` of arr."""
+    return [builder.load(_at(context, builder, arrty, arr,
+                             builder.add(offset, offset.type(64 * k)), _V512), align=1)
+            for k in range(count)]
+
+
 @intrinsic
 def scaled_pairs(typingctx, acc, p0, p1, arr, offset, scales):
     """acc + the four 32-weight chunks of p0 and p1 (u8x64) dotted with the 128 int8
     activations at `offset` of arr, each 16-weight group scaled by group_scales."""
     def codegen(context, builder, sig, args):
         acc, p0, p1, arr, offset, scales = args
-        xs = [builder.load(_at(context, builder, sig.args[3], arr,
-                               builder.add(offset, offset.type(64 * k)), _V512), align=1)
-              for k in range(2)]
-        return _packed_dot(builder, acc, (p0, p1), xs, scales)
+        x0, x1 = _x512(context, builder, sig.args[3], arr, offset, 2)
+        return _packed_dot(builder, acc, ((p0,), (p1,)), ((x0,), (x1,)), scales)
     return i32x16(acc, p0, p1, arr, offset, scales), codegen
+
+
+@intrinsic
+def chain_lanes(typingctx, low, high):
+    """Two u8x64 of 32-weight chunks c0, c1 (low) and c0', c1' (high) as (first halves,
+    second halves): the 16-byte lanes [low 0, low 2, high 0, high 2] and [low 1, low 3,
+    high 1, high 3], so that lane k of both holds one chunk (chained_quad)."""
+    def codegen(context, builder, sig, args):
+        quads = [builder.bitcast(a, ir.VectorType(_I64, 8)) for a in args]
+        parts = [builder.bitcast(builder.shuffle_vector(*quads, _consts(
+                     ir.VectorType(_I32, 8), [2 * lane + k for lane in lanes for k in (0, 1)])),
+                     args[0].type)
+                 for lanes in ((0, 2, 4, 6), (1, 3, 5, 7))]
+        return context.make_tuple(builder, sig.return_type, parts)
+    return types.UniTuple(u8x64, 2)(low, high), codegen
+
+
+@intrinsic
+def chained_quad(typingctx, acc, a0, b0, a1, b1, arr, offset, scales):
+    """acc + a super-block's chain_lanes halves (a0, b0: its first 128 weights; a1, b1:
+    the rest) dotted with the 256 int8 activations at `offset` of arr, in that order;
+    the chunk in lane k of a0 and b0 (a1 and b1) scaled by scales' chunk k (4 + k) in
+    the lanes of group_scales."""
+    def codegen(context, builder, sig, args):
+        acc, a0, b0, a1, b1, arr, offset, scales = args
+        x = _x512(context, builder, sig.args[5], arr, offset, 4)
+        return _packed_dot(builder, acc, ((a0, b0), (a1, b1)), ((x[0], x[1]), (x[2], x[3])),
+                           scales)
+    return i32x16(acc, a0, b0, a1, b1, arr, offset, scales), codegen
 
 
 @intrinsic
