@@ -22,7 +22,8 @@ import mixlocal.quant as quant
 from mixlocal.quant import QT, QTensor, cpu, row_bytes
 from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
 from mixlocal.quant.q8 import (quantize_q8_0, quantize_q8_0_pairs, quantize_q8_k,
-                               quantize_q8_k_crumbs, quantize_q8_k_nibbles)
+                               quantize_q8_k_crumbs, quantize_q8_k_halves,
+                               quantize_q8_k_nibbles)
 from mixlocal.quant.randblocks import random_blocks
 
 SIMD_PATHS = [p for p in cpu.available_paths() if p != "plain"]
@@ -159,6 +160,7 @@ def test_matvec_multi_quantizes_once_per_kind():
                                                     (quantize_q8_k, 256, 16),
                                                     (quantize_q8_k_nibbles, 256, 16),
                                                     (quantize_q8_k_crumbs, 256, 16),
+                                                    (quantize_q8_k_halves, 256, 16),
                                                     (quantize_q8_0_pairs, 32, 32)])
 def test_activation_quantization(quantize, block, sum_len):
     x = np.random.default_rng(2).standard_normal(3 * block).astype(np.float32) * 5
@@ -179,14 +181,17 @@ def test_activation_quantization(quantize, block, sum_len):
 @pytest.mark.parametrize("quantize,plain,run,order", [
     (quantize_q8_k_nibbles, quantize_q8_k, 32, [0, 2, 1, 3, 4, 6, 5, 7]),
     (quantize_q8_k_crumbs, quantize_q8_k, 32, [0, 4, 1, 5, 2, 6, 3, 7]),
+    (quantize_q8_k_halves, quantize_q8_k, 16, [0, 4, 2, 6, 1, 5, 3, 7,
+                                               8, 12, 10, 14, 9, 13, 11, 15]),
     (quantize_q8_0_pairs, quantize_q8_0, 16, [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14,
                                                7, 15])])
 def test_activations_in_the_order_of_bit_fields(quantize, plain, run, order):
     """Activations in the order a format's kernel reads its weights: Q4_K's and Q5_K's
-    nibbles, Q2_K's and Q3_K's 2-bit fields, Q4_0's blocks k and k + 4 of eight. Each
+    nibbles (in 32s for matvec, in 16s for gemm's tiles), Q2_K's and Q3_K's 2-bit
+    fields, Q4_0's blocks k and k + 4 of eight. Each
     whole 256 values' runs stored in `order`, the rest as they are; steps and sums in x's
     order; values() and dequantize() back in x's order."""
-    x = np.random.default_rng(4).standard_normal(512 + 32 * (run == 16)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal(512 + 32 * (quantize.block == 32)).astype(np.float32)
     got, want = quantize(x), plain(x)
     whole = x.size // 256 * 256
     stored = want.q[:whole].reshape(-1, len(order), run)[:, order].reshape(-1)
@@ -198,7 +203,8 @@ def test_activations_in_the_order_of_bit_fields(quantize, plain, run, order):
 
 
 @pytest.mark.parametrize("quantize", [quantize_q8_0, quantize_q8_k, quantize_q8_k_nibbles,
-                                      quantize_q8_k_crumbs, quantize_q8_0_pairs])
+                                      quantize_q8_k_crumbs, quantize_q8_k_halves,
+                                      quantize_q8_0_pairs])
 def test_rows_quantized_where_the_layout_puts_them(quantize):
     """Quantizer.rows (the GEMM's) equals the vector quantizer row by row, each 256-value
     unit k of row t at unit first[t] + k stride[t]: here the tokens side by side."""
