@@ -42,7 +42,7 @@ def test_kernels_load_from_numba_cache(tmp_path):
             "x = np.ones(256, np.float32)\n"
             "q.rows(np.ones((2, 256), np.float32), np.arange(2), np.ones(2, np.int64), 256,\n"
             "       np.empty(512, np.int8))\n"
-            "fns = [q._vector, q._rows]\n"
+            "fns = [q.vector, q._rows]\n"
             "path = cpu.available_paths()[0]\n"
             "if path != 'plain':\n"
             "    w = np.zeros((4, 144), np.uint8)\n"

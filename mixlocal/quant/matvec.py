@@ -668,24 +668,35 @@ def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
     return quantizer(qtype)(x)
 
 
+@cache
+def _product(path: str, qtype: QT, parallel: bool):
+    """(quantize, kernel) of a product by `qtype`: Quantizer.vector, and the kernel. One
+    lookup where a generated token's products spent 2-3 us each in the layers around."""
+    return quantizer(qtype).vector, kernels(path, parallel)[qtype]
+
+
 def matvec_blocks(path: str, qtype: QT, w: np.ndarray, x: Q8 | np.ndarray,
                   out: np.ndarray | None = None, parallel: bool = True) -> np.ndarray:
-    """y = W x for uint8 blocks w (rows, row_bytes), C-contiguous; x float32 or quantized;
-    rows split across Numba's threads unless parallel is False."""
-    if not isinstance(x, Q8):
-        x = quantize_for(qtype, x)
+    """y = W x for uint8 blocks w (rows, row_bytes), C-contiguous; x quantized, or a
+    C-contiguous float32 vector of the rows' length; rows split across Numba's threads
+    unless parallel is False."""
+    quantize, kernel = _product(path, qtype, parallel)
+    q, d, s = x[:3] if isinstance(x, Q8) else quantize(x)
     y = np.empty(w.shape[0], np.float32) if out is None else out
-    kernels(path, parallel)[qtype](w, x.q, x.d, x.s, y)
+    kernel(w, q, d, s, y)
     return y
 
 
 def matvec_multi(path: str, weights, x: np.ndarray, parallel: bool = True) -> list[np.ndarray]:
-    """[W x for (qtype, blocks) in weights], quantizing x once per activation kind."""
+    """[W x for (qtype, blocks) in weights], quantizing x (C-contiguous float32) once per
+    activation kind."""
     quantized = {}
     out = []
     for qtype, w in weights:
-        quantize = quantizer(qtype)
+        quantize, kernel = _product(path, qtype, parallel)
         if quantize not in quantized:
             quantized[quantize] = quantize(x)
-        out.append(matvec_blocks(path, qtype, w, quantized[quantize], parallel=parallel))
+        y = np.empty(w.shape[0], np.float32)
+        kernel(w, *quantized[quantize], y)
+        out.append(y)
     return out

@@ -104,7 +104,7 @@ def _row(x, q, d, s, first, stride, group, block, sum_len, run, places):
             s[j * per_block + c * piece // sum_len] += np.int16(total)
 
 
-def _kernels(block: int, sum_len: int, run: int, places: tuple):
+def _kernels(block: int, sum_len: int, run: int, places: tuple, float_sums: bool):
     """The jitted quantizers of one kind, its numbers constants in them (closures over
     numbers only: Numba's cache keys on their values)."""
     @njit(cache=True)
@@ -113,7 +113,7 @@ def _kernels(block: int, sum_len: int, run: int, places: tuple):
         # bytes past a page and split vector loads across cache lines (matvec 1.1x slower)
         q = np.empty(x.size, np.int8)
         d = np.empty(x.size // block, np.float32)
-        s = np.empty(x.size // sum_len, np.int16)
+        s = np.empty(x.size // sum_len, np.float32 if float_sums else np.int16)
         _row(x, q, d, s, 0, 1, 1, block, sum_len, run, places)
         return q, d, s
 
@@ -138,7 +138,9 @@ class Quantizer:
         self.block, self.sum_len, self.float_sums = block, sum_len, float_sums
         self.order = (run, runs)
         places = tuple(int(v) for v in np.argsort(runs or (0,)))  # where each run is stored
-        self._vector, self._rows = _kernels(block, sum_len, run, places)
+        # vector(x) -> (q, d, s): __call__ unchecked, for a C-contiguous float32 vector
+        # whose length is a multiple of the block (a product's hot path)
+        self.vector, self._rows = _kernels(block, sum_len, run, places, float_sums)
 
     def __call__(self, x: np.ndarray) -> Q8:
         """x, a vector whose length is a multiple of the block, quantized."""
@@ -146,8 +148,7 @@ class Quantizer:
         if x.ndim != 1 or x.size % self.block:
             raise ValueError(f"need a vector whose length is a multiple of {self.block}, "
                              f"got {x.shape}")
-        q, d, s = self._vector(x)
-        return Q8(q, d, s.astype(np.float32) if self.float_sums else s, self.order)
+        return Q8(*self.vector(x), self.order)
 
     def rows(self, x: np.ndarray, first: np.ndarray, stride: np.ndarray, unit: int,
              q: np.ndarray):
@@ -160,9 +161,9 @@ class Quantizer:
         if unit % (max(len(runs), 1) * run):
             raise ValueError(f"units of {unit} values would split spans that move")
         d = np.empty(q.size // self.block, np.float32)
-        s = np.empty(q.size // self.sum_len, np.int16)
+        s = np.empty(q.size // self.sum_len, np.float32 if self.float_sums else np.int16)
         self._rows(x, q, d, s, first, stride, unit // self.block)
-        return q, d, s.astype(np.float32) if self.float_sums else s
+        return q, d, s
 
 
 # Q8_0's sums are float32: the kernels subtract them in float
