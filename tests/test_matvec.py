@@ -188,10 +188,11 @@ def test_activation_quantization(quantize, block, sum_len):
 def test_activations_in_the_order_of_bit_fields(quantize, plain, run, order):
     """Activations in the order a format's kernel reads its weights: Q4_K's and Q5_K's
     nibbles (in 32s for matvec, in 16s for gemm's tiles), Q2_K's and Q3_K's 2-bit
-    fields, Q4_0's blocks k and k + 4 of eight. Each
-    whole 256 values' runs stored in `order`, the rest as they are; steps and sums in x's
-    order; values() and dequantize() back in x's order."""
-    x = np.random.default_rng(4).standard_normal(512 + 32 * (quantize.block == 32)).astype(np.float32)
+    fields, Q4_0's blocks k and k + 4 of eight. Each whole 256 values' runs stored in
+    `order`, the rest as they are; steps and sums in x's order; values() and
+    dequantize() back in x's order."""
+    n = 512 + 32 * (quantize.block == 32)  # one block past the whole spans, where it fits
+    x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
     got, want = quantize(x), plain(x)
     whole = x.size // 256 * 256
     stored = want.q[:whole].reshape(-1, len(order), run)[:, order].reshape(-1)

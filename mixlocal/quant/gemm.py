@@ -349,10 +349,11 @@ def _row_by1(fmt, w, o, step, nb, xq, xd, xs, tb):
 
 TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
 # Rows that pass over a tile's activations together, one super-block at a time, so that
-# all but the first read them from L1: for the formats whose products cost least per
-# token (Q4_K, Q5_K: _q45_sb), reading 256 bytes from L2 per token and super-block bounds
-# a row passing alone (1.12x on Q4_K with 8 rows, whose accumulators then go to memory
-# and back at each super-block; 0.93x on Q6_K, 0.9x on Q8_0). Others pass alone.
+# all but the first read them from L1, their accumulators to memory and back between
+# passes. For the formats whose products cost least per token (Q4_K, Q5_K: _q45_sb)
+# reading 256 bytes from L2 per token and super-block bounds a row passing alone:
+# 8 rows together and the chained products 1.16-1.2x on Q4_K, where either alone gained
+# nothing. The others pass alone (Q6_K 0.93x, Q8_0 0.9x together: compute-bound).
 ROWS_TOGETHER = {"q4_k": 8, "q5_k": 8}
 
 

@@ -670,8 +670,8 @@ def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
 
 @cache
 def _product(path: str, qtype: QT, parallel: bool):
-    """(quantize, kernel) of a product by `qtype`: Quantizer.vector, and the kernel. One
-    lookup where a generated token's products spent 2-3 us each in the layers around."""
+    """(quantize, kernel) of a product by `qtype`: Quantizer.vector, and the kernel,
+    looked up once (a small model makes some 200 products a token)."""
     return quantizer(qtype).vector, kernels(path, parallel)[qtype]
 
 
