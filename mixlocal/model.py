@@ -3,14 +3,18 @@
 One code path serves a prompt and a single token: every product goes through
 `quant.matmul`, which uses a matrix-vector kernel for one row and a matrix product for
 many. In the MoE layer all tokens are routed first, then each chosen expert runs once
-on the tokens it received; experts nobody chose are never read.
+on the tokens it received; experts nobody chose are never read. A generated token's
+dense layer whose products run on one thread (a small model's, or any on one thread)
+takes the same steps in one jitted call instead (`_token_step`).
 """
 
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Protocol
 
+import numba
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -227,6 +231,42 @@ _TOKEN_ARGS = "float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32"
 _TOKEN_KERNELS = ((_attend_token, f"({_TOKEN_ARGS}, int64)"), (_attend_short, f"({_TOKEN_ARGS})"))
 
 
+@cache
+def _token_step(path: str, formats: tuple[str, ...]):
+    """A dense layer's pass for one generated token, as one jitted call: its products on
+    the calling thread (quant.times; the weights' formats, path: string literals in the
+    closure, which key Numba's cache), RoPE, the cache's new row, attention, SwiGLU. A
+    small model's layer made some 30 calls from Python (SmolLM2: 60 us a layer beside
+    its products' 150)."""
+    fq, fk, fv, fo, fg, fu, fd = formats
+
+    @njit(cache=True)
+    def step(x, weights, norms, k_cache, v_cache, pos, rotation, eps, parts):
+        """x (n_embd,) after the layer at position pos, whose keys and values go to row
+        pos of k_cache and v_cache (n_ctx, n_kv, hd); attention split in `parts`
+        across threads (1: on this one)."""
+        wq, wk, wv, wo, gate, up, down = weights
+        n_kv, hd = k_cache.shape[1], k_cache.shape[2]
+        h = rms_norm(x.reshape(1, -1), norms[0], eps)[0]
+        q = quant.times(fq, path, wq, h).reshape(1, -1, hd)
+        k = quant.times(fk, path, wk, h).reshape(1, n_kv, hd)
+        positions = np.full(1, pos)
+        _rotate(q.view(np.complex64), rotation, positions)
+        _rotate(k.view(np.complex64), rotation, positions)
+        k_cache[pos] = k[0]
+        v_cache[pos] = quant.times(fv, path, wv, h).reshape(n_kv, hd)
+        scale = np.float32(1.0 / np.sqrt(hd))
+        keys, values = k_cache[:pos + 1], v_cache[:pos + 1]
+        a = (_attend_token(q[0], keys, values, scale, parts) if parts > 1
+             else _attend_short(q[0], keys, values, scale))
+        x = x + quant.times(fo, path, wo, a.reshape(-1))
+        h = rms_norm(x.reshape(1, -1), norms[1], eps)[0]
+        g = quant.times(fg, path, gate, h).reshape(1, -1)
+        u = quant.times(fu, path, up, h).reshape(1, -1)
+        return x + quant.times(fd, path, down, _swiglu_serial(g, u)[0])
+    return step
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
     """Causal grouped-query attention.
 
@@ -322,6 +362,7 @@ class Model:
         self.config, self.weights, self.file = config, weights, file
         self.n_ctx = n_ctx or min(config.n_ctx_train, DEFAULT_N_CTX)
         self._rope = Rope(config.rope_dim, config.rope_base, self.n_ctx)
+        self._steps = {}  # (kernel path, threads > 1) -> _token_steps
 
     @classmethod
     def load(cls, path: str | os.PathLike, n_ctx: int | None = None) -> Model:
@@ -360,6 +401,33 @@ class Model:
                   for i in range(0, len(tokens), N_BATCH)]
         return np.concatenate(logits) if logits_all else logits[-1][-1]
 
+    def _token_steps(self) -> list:
+        """Per layer, (kernel, weights' blocks, norms) of its jitted token step
+        (_token_step), or None where a generated token takes the Python path: a MoE
+        layer, or products that do (quant.serial_operand)."""
+        key = (quant.kernel_path(), get_num_threads() > 1)
+        if key not in self._steps:
+            steps = []
+            for layer in self.weights.layers:
+                e = layer.experts[0]
+                operands = [quant.serial_operand(t) for t in
+                            (layer.wq, layer.wk, layer.wv, layer.wo, e.gate, e.up, e.down)]
+                if layer.router is not None or None in operands:
+                    steps.append(None)
+                    continue
+                formats, blocks = zip(*operands)
+                steps.append((_token_step(key[0], formats), blocks,
+                              (layer.attn_norm, layer.ffn_norm)))
+            self._steps[key] = steps
+        return self._steps[key]
+
+    def _step_args(self, step, cache: KVCache, i: int, x: np.ndarray, pos: int) -> tuple:
+        """Layer i's token step's arguments, for token x (n_embd,) at position pos."""
+        t = pos + 1  # tokens it attends to
+        parts = min(get_num_threads(), t // (LONG_CONTEXT // 2)) if t >= LONG_CONTEXT else 1
+        return (x, step[1], step[2], cache.k[i], cache.v[i], pos, self._rope.rotation,
+                self.config.norm_eps, parts)
+
     def _step(self, tokens: np.ndarray, cache: KVCache, k: int,
               observer: RouteObserver | None, logits_all: bool) -> np.ndarray:
         c, w = self.config, self.weights
@@ -368,7 +436,16 @@ class Model:
         end = start + n
         x = quant.get_rows(w.token_embd, tokens)
         last = len(w.layers) - 1 if not logits_all and observer is None else -1
+        steps = self._token_steps()
+        if n > 1:  # compiled (or loaded) with a prompt, not mid-answer (see attention)
+            for i, step in enumerate(steps):
+                if step is not None and not step[0].overloads:
+                    step[0].compile(tuple(numba.typeof(a) for a in
+                                          self._step_args(step, cache, i, x[0], 0)))
         for i, layer in enumerate(w.layers):
+            if n == 1 and steps[i] is not None:
+                x = steps[i][0](*self._step_args(steps[i], cache, i, x[0], start))[None]
+                continue
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
             every_q = i != last or n == 1  # queries of every token, with the keys and values
             projections = [layer.wq, layer.wk, layer.wv] if every_q else [layer.wk, layer.wv]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -9,12 +10,16 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY
 from reference import Reference
 
+import mixlocal.quant
+from mixlocal import model as model_module
 from mixlocal.gguf_file import GGUFFile
 from mixlocal.kv_cache import ContextOverflowError
 from mixlocal.model import (LONG_CONTEXT, SHORT_ATTENTION, Model, _attend_token,
                             _swiglu_parallel, _swiglu_serial, attention)
+from mixlocal.synthetic import write_model
 
 # With float weights every product is float32: measured errors are ~2e-6 of the
 # logits' spread. With quantized weights a product on one row (a decoded token, an
@@ -307,6 +312,34 @@ def test_token_kernels_compile_with_a_prompt(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["0"]
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "q4_k_m"])
+def test_dense_token_step_matches_the_python_path(tmp_path, monkeypatch, quant):
+    """A dense layer's generated token runs as one jitted call (model._token_step), its
+    products on the calling thread (quant.times); compiled with the prompt, it gives the
+    Python path's logits and cache rows, with attention in one part and, past
+    LONG_CONTEXT (lowered here), split across threads. Q4_0 reads its blocks eight at a
+    time; the q4_k_m mix has Q4_K, Q5_K, Q6_K and Q8_0."""
+    config = dataclasses.replace(TINY["kquant"], n_expert=0, n_expert_used=0)
+    path = write_model(tmp_path / f"dense-{quant}.gguf", config, quant)
+    monkeypatch.setattr(model_module, "LONG_CONTEXT", 8)
+    runs = []
+    for jitted in (True, False):
+        with monkeypatch.context() as m:
+            if not jitted:
+                m.setattr(mixlocal.quant, "serial_operand", lambda w: None)
+            model = Model.load(path)
+            cache = model.new_cache(64)
+            model.forward(PROMPT[:5], cache)
+            steps = model._token_steps()
+            assert all(s is not None for s in steps) == jitted
+            assert all(s[0].overloads for s in steps if s is not None)  # no compile mid-answer
+            runs.append((np.stack([model.forward([t], cache) for t in PROMPT[5:]]), cache))
+    (got, got_cache), (want, want_cache) = runs
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(got_cache.k, want_cache.k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_cache.v, want_cache.v, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 7])

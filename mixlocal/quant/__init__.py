@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import get_num_threads
 
 from ..ggml_types import GGMLType as QT
 from .dequant import dequant_rows, gather_rows
@@ -16,13 +17,14 @@ from .formats import SUPPORTED, block_size, row_bytes, type_size
 from .cpu import kernel_path
 from .gemm import matmul_q8, matmul_q8_multi
 from .matmul import matmul_tiled
-from .matvec import BY_QTYPE, matvec_blocks
+from .matvec import BY_QTYPE, matvec_blocks, times
 from .matvec import matvec_multi as _matvec_multi
 from .matvec_plain import matvec_rows
 from .threads import PARALLEL_MIN_BYTES, run_split, threads_for
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
-           "matvec", "matvec_multi", "matmul", "matmul_multi", "dequantize", "get_rows"]
+           "matvec", "matvec_multi", "matmul", "matmul_multi", "dequantize", "get_rows",
+           "times", "serial_operand"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +105,16 @@ def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     with threads_for(w.nbytes):
         matvec_rows(_kind(w), _blocks(w), x, y)
     return y
+
+
+def serial_operand(w: QTensor) -> tuple[str, np.ndarray] | None:
+    """(format, blocks) of w for `times` (W x on the calling thread, inside jitted code),
+    or None where its products take another path: no SIMD kernel for its type, or
+    weights big enough to split across threads (see threads.PARALLEL_MIN_BYTES) while
+    more than one is set."""
+    if not _simd(w) or (w.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1):
+        return None
+    return BY_QTYPE[w.qtype], _blocks(w)
 
 
 def _share_input(ws: list[QTensor]) -> bool:
