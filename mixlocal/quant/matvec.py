@@ -11,11 +11,10 @@ where o is the byte offset of a weight block, b the index of its activation bloc
 the flat arrays xq, xd, xs (the GEMM passes all its tokens' rows at once), acc an f32x8
 accumulator and corr a float32 accumulator for the terms that do not depend on the
 weights' low bits. The 32-weight formats also have a group function, eight blocks at
-a time (`_GROUPS`). Two row loops serve every format and path, `_grouped_row_dot`
-(group functions, then block functions for a row's last blocks) and `_row_dot` (the
-K-quants' block functions); `_row_kernel` runs them over the rows, compiled per (format,
-path) from a closure over those strings, which also keys Numba's cache, and `times`
-runs them for other jitted code (the model's generated tokens). Numba checks
+a time (`_GROUPS`). Two row loops serve every format and path, `_grouped_row_kernel`
+(group functions, then block functions for a row's last blocks) and `_row_kernel`
+(the K-quants' block functions); each is compiled per (format, path) from a closure
+over those strings (and the block size), which also keys Numba's cache. Numba checks
 only the compiled file's date for that cache: after editing simd.py or q8.py alone (or
 this file alone, for gemm.py's kernels), clear mixlocal/quant/__pycache__.
 """
@@ -601,81 +600,48 @@ def _prefetch(w, o, nbytes):
         prefetch_l2(w, o + PREFETCH_BYTES + line)
 
 
-@_inline
-def _row_dot(fmt, path, step, w, o, xq, xd, xs):
-    """The row at byte o of w (blocks of `step` bytes) . the activation, two blocks a
-    step: two chains hide the FMA latency."""
-    nb = xd.size
-    acc0, acc1 = zeros_f32(), zeros_f32()
-    c0, c1 = np.float32(0.0), np.float32(0.0)
-    for b in range(0, nb - 1, 2):
-        _prefetch(w, o + b * step, 2 * step)
-        acc0, c0 = _block(fmt, path, acc0, c0, w, o + b * step, xq, xd, xs, b)
-        acc1, c1 = _block(fmt, path, acc1, c1, w, o + b * step + step, xq, xd, xs, b + 1)
-    if nb % 2:
-        acc0, c0 = _block(fmt, path, acc0, c0, w, o + (nb - 1) * step, xq, xd, xs, nb - 1)
-    return hsum(fadd(acc0, acc1)) + c0 + c1
-
-
-@_inline
-def _grouped_row_dot(fmt, path, step, w, o, xq, xd, xs):
-    """As _row_dot, GROUP blocks a step, then the rest block by block."""
-    nb = xd.size
-    whole = nb - nb % GROUP
-    acc, rest, c = zeros_f32(), zeros_f32(), np.float32(0.0)
-    for b in range(0, whole, GROUP):
-        _prefetch(w, o + b * step, GROUP * step)
-        acc = _group(fmt, path, acc, w, o + b * step, xq, xd, xs, b)
-    for b in range(whole, nb):
-        _prefetch(w, o + b * step, step)
-        rest, c = _block(fmt, path, rest, c, w, o + b * step, xq, xd, xs, b)
-    return hsum(fadd(acc, rest)) + c
-
-
-def _dot(fmt, path, w, o, xq, xd, xs):
-    """The row at byte o of w . the activation (xq, xd, xs) (fmt: a FORMATS name and
-    path, string literals)."""
-
-
-@overload(_dot, prefer_literal=True, jit_options={"forceinline": True})
-def _dot_impl(fmt, path, w, o, xq, xd, xs):
-    if not isinstance(fmt, types.StringLiteral):
-        return None
-    dot = _grouped_row_dot if fmt.literal_value in _GROUPS else _row_dot
-    step = type_size(FORMATS[fmt.literal_value][0])  # bytes per block: a constant
-    return lambda fmt, path, w, o, xq, xd, xs: dot(fmt, path, step, w, o, xq, xd, xs)
-
-
 def _row_kernel(fmt: str, path: str, parallel: bool):
+    step = type_size(FORMATS[fmt][0])  # bytes per block: a constant in each kernel
     rows = prange if parallel else range  # in the closure: it keys Numba's cache
 
     @njit(cache=True, parallel=parallel)
     def kernel(w, xq, xd, xs, y):
         """y[r] = row r of w . the activation (xq, xd, xs); rows split across threads."""
+        nb = xd.size
         for r in rows(w.shape[0]):
-            y[r] = _dot(fmt, path, w, r * w.shape[1], xq, xd, xs)
+            o = r * w.shape[1]
+            acc0, acc1 = zeros_f32(), zeros_f32()  # two chains hide the FMA latency
+            c0, c1 = np.float32(0.0), np.float32(0.0)
+            for b in range(0, nb - 1, 2):
+                _prefetch(w, o + b * step, 2 * step)
+                acc0, c0 = _block(fmt, path, acc0, c0, w, o + b * step, xq, xd, xs, b)
+                acc1, c1 = _block(fmt, path, acc1, c1, w, o + b * step + step, xq, xd, xs, b + 1)
+            if nb % 2:
+                acc0, c0 = _block(fmt, path, acc0, c0, w, o + (nb - 1) * step, xq, xd, xs, nb - 1)
+            y[r] = hsum(fadd(acc0, acc1)) + c0 + c1
     return kernel
 
 
-def times(fmt, path, w, x):
-    """W x on the calling thread, for jitted callers: w the blocks (rows, row_bytes) of
-    format `fmt` (a FORMATS name) and x a C-contiguous float32 vector, quantized here as
-    the matvec kernel reads it (fmt and path: string literals)."""
+def _grouped_row_kernel(fmt: str, path: str, parallel: bool):
+    step = type_size(FORMATS[fmt][0])
+    rows = prange if parallel else range
 
-
-@overload(times, prefer_literal=True)
-def _times_impl(fmt, path, w, x):
-    if not isinstance(fmt, types.StringLiteral):
-        return None
-    vector = quantizer(FORMATS[fmt.literal_value][0]).vector
-
-    def impl(fmt, path, w, x):
-        xq, xd, xs = vector(x)
-        y = np.empty(w.shape[0], np.float32)
-        for r in range(w.shape[0]):
-            y[r] = _dot(fmt, path, w, r * w.shape[1], xq, xd, xs)
-        return y
-    return impl
+    @njit(cache=True, parallel=parallel)
+    def kernel(w, xq, xd, xs, y):
+        """As _row_kernel's, GROUP blocks at a time, then block by block."""
+        nb = xd.size
+        whole = nb - nb % GROUP
+        for r in rows(w.shape[0]):
+            o = r * w.shape[1]
+            acc, rest, c = zeros_f32(), zeros_f32(), np.float32(0.0)
+            for b in range(0, whole, GROUP):
+                _prefetch(w, o + b * step, GROUP * step)
+                acc = _group(fmt, path, acc, w, o + b * step, xq, xd, xs, b)
+            for b in range(whole, nb):
+                _prefetch(w, o + b * step, step)
+                rest, c = _block(fmt, path, rest, c, w, o + b * step, xq, xd, xs, b)
+            y[r] = hsum(fadd(acc, rest)) + c
+    return kernel
 
 
 @cache
@@ -686,7 +652,9 @@ def kernels(path: str, parallel: bool = True) -> dict:
     Compiles lazily, per type on first use; call only with a path this CPU has
     (cpu.available_paths()): compiling another aborts the process.
     """
-    return {qtype: _row_kernel(name, path, parallel) for name, (qtype, _, _) in FORMATS.items()}
+    return {qtype: (_grouped_row_kernel if name in _GROUPS else _row_kernel)(name, path,
+                                                                             parallel)
+            for name, (qtype, _, _) in FORMATS.items()}
 
 
 def quantizer(qtype: QT):
@@ -698,6 +666,27 @@ def quantizer(qtype: QT):
 def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
     """x quantized the way the matvec kernel for `qtype` reads it."""
     return quantizer(qtype)(x)
+
+
+def times(fmt, path, w, x):
+    """W x on the calling thread, for jitted callers (the model's generated tokens): w
+    the blocks (rows, row_bytes) of format `fmt` (a FORMATS name), x a C-contiguous
+    float32 vector, quantized here as the matvec kernel reads it (fmt and path: string
+    literals)."""
+
+
+@overload(times, prefer_literal=True)
+def _times_impl(fmt, path, w, x):
+    if not (isinstance(fmt, types.StringLiteral) and isinstance(path, types.StringLiteral)):
+        return None
+    quantize, kernel = _product(path.literal_value, FORMATS[fmt.literal_value][0], False)
+
+    def impl(fmt, path, w, x):
+        xq, xd, xs = quantize(x)
+        y = np.empty(w.shape[0], np.float32)
+        kernel(w, xq, xd, xs, y)
+        return y
+    return impl
 
 
 @cache
