@@ -4,8 +4,8 @@ One code path serves a prompt and a single token: every product goes through
 `quant.matmul`, which uses a matrix-vector kernel for one row and a matrix product for
 many. In the MoE layer all tokens are routed first, then each chosen expert runs once
 on the tokens it received; experts nobody chose are never read. A generated token's
-dense layer whose products run on one thread (a small model's, or any on one thread)
-takes the same steps in one jitted call instead (`_token_step`).
+layer whose products run on one thread (a small model's, or any on one thread) takes
+the same steps in one jitted call instead (`_token_step`).
 """
 
 from __future__ import annotations
@@ -233,38 +233,73 @@ _TOKEN_KERNELS = ((_attend_token, f"({_TOKEN_ARGS}, int64)"), (_attend_short, f"
 
 @cache
 def _token_step(path: str, formats: tuple[str, ...]):
-    """A dense layer's pass for one generated token, as one jitted call: its products on
-    the calling thread (quant.times; the weights' formats, path: string literals in the
-    closure, which key Numba's cache), RoPE, the cache's new row, attention, SwiGLU. A
-    small model's layer made some 30 calls from Python (SmolLM2: 60 us a layer beside
-    its products' 150)."""
+    """A layer's pass for one generated token, as one jitted call: its products on the
+    calling thread (quant.times; the weights' formats, path: string literals in the
+    closure, which key Numba's cache), RoPE, the cache's new row, attention, routing and
+    SwiGLU. Python's glue between them cost more than the products of a small model's
+    layer (SmolLM2: 60 us a layer beside 150), and of a big model's from cold caches
+    (2-layer Mixtral: 1.5 ms of a 23 ms token)."""
     fq, fk, fv, fo, fg, fu, fd = formats
 
     @njit(cache=True)
-    def step(x, weights, norms, k_cache, v_cache, pos, rotation, eps, parts):
+    def step(x, attn, ffn, norms, k_cache, v_cache, pos, rotation, eps, parts, router, k):
         """x (n_embd,) after the layer at position pos, whose keys and values go to row
-        pos of k_cache and v_cache (n_ctx, n_kv, hd); attention split in `parts`
-        across threads (1: on this one)."""
-        wq, wk, wv, wo, gate, up, down = weights
+        pos of k_cache and v_cache (n_ctx, n_kv, hd), attention split in `parts` across
+        threads (1: on this one); with the experts chosen, best first, and their weights
+        (a dense layer, whose router has no rows: expert 0, weight 1)."""
+        wq, wk, wv, wo = attn
         n_kv, hd = k_cache.shape[1], k_cache.shape[2]
         h = rms_norm(x.reshape(1, -1), norms[0], eps)[0]
         q = quant.times(fq, path, wq, h).reshape(1, -1, hd)
-        k = quant.times(fk, path, wk, h).reshape(1, n_kv, hd)
+        keys = quant.times(fk, path, wk, h).reshape(1, n_kv, hd)
         positions = np.full(1, pos)
         _rotate(q.view(np.complex64), rotation, positions)
-        _rotate(k.view(np.complex64), rotation, positions)
-        k_cache[pos] = k[0]
+        _rotate(keys.view(np.complex64), rotation, positions)
+        k_cache[pos] = keys[0]
         v_cache[pos] = quant.times(fv, path, wv, h).reshape(n_kv, hd)
         scale = np.float32(1.0 / np.sqrt(hd))
         keys, values = k_cache[:pos + 1], v_cache[:pos + 1]
         a = (_attend_token(q[0], keys, values, scale, parts) if parts > 1
              else _attend_short(q[0], keys, values, scale))
         x = x + quant.times(fo, path, wo, a.reshape(-1))
+
         h = rms_norm(x.reshape(1, -1), norms[1], eps)[0]
-        g = quant.times(fg, path, gate, h).reshape(1, -1)
-        u = quant.times(fu, path, up, h).reshape(1, -1)
-        return x + quant.times(fd, path, down, _swiglu_serial(g, u)[0])
+        experts, weights = (_top_experts(router, h, k) if len(router)
+                            else (np.zeros(1, np.int64), np.ones(1, np.float32)))
+        gates, ups, downs = ffn
+        out = np.zeros_like(x)
+        for j in range(len(experts)):
+            e = experts[j]
+            g = quant.times(fg, path, gates[e], h).reshape(1, -1)
+            u = quant.times(fu, path, ups[e], h).reshape(1, -1)
+            out += weights[j] * quant.times(fd, path, downs[e], _swiglu_serial(g, u)[0])
+        return x + out, experts, weights
     return step
+
+
+@njit(cache=True)
+def _top_experts(router, h, k):
+    """route() for one token: softmax over the experts, the k best (the lower number
+    first among equals, as a stable sort), their weights renormalised."""
+    n = len(router)
+    logits = np.empty(n, np.float32)
+    for e in range(n):
+        acc = np.float32(0.0)
+        for i in range(len(h)):
+            acc += router[e, i] * h[i]
+        logits[e] = acc
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    experts, weights = np.empty(k, np.int64), np.empty(k, np.float32)
+    taken = np.zeros(n, np.bool_)
+    for j in range(k):
+        best = -1
+        for e in range(n):
+            if not taken[e] and (best < 0 or probs[e] > probs[best]):
+                best = e
+        taken[best] = True
+        experts[j], weights[j] = best, probs[best]
+    return experts, weights / weights.sum()
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
@@ -402,31 +437,39 @@ class Model:
         return np.concatenate(logits) if logits_all else logits[-1][-1]
 
     def _token_steps(self) -> list:
-        """Per layer, (kernel, weights' blocks, norms) of its jitted token step
-        (_token_step), or None where a generated token takes the Python path: a MoE
-        layer, or products that do (quant.serial_operand)."""
+        """Per layer, (kernel, attention's blocks, the experts' blocks, norms, router) of
+        its jitted token step (_token_step), or None where a generated token takes the
+        Python path: products that do (quant.serial_operand), or experts of mixed
+        formats."""
         key = (quant.kernel_path(), get_num_threads() > 1)
         if key not in self._steps:
-            steps = []
-            for layer in self.weights.layers:
-                e = layer.experts[0]
-                operands = [quant.serial_operand(t) for t in
-                            (layer.wq, layer.wk, layer.wv, layer.wo, e.gate, e.up, e.down)]
-                if layer.router is not None or None in operands:
-                    steps.append(None)
-                    continue
-                formats, blocks = zip(*operands)
-                steps.append((_token_step(key[0], formats), blocks,
-                              (layer.attn_norm, layer.ffn_norm)))
-            self._steps[key] = steps
+            self._steps[key] = [self._token_step_of(layer, key[0]) for layer in
+                                self.weights.layers]
         return self._steps[key]
 
-    def _step_args(self, step, cache: KVCache, i: int, x: np.ndarray, pos: int) -> tuple:
-        """Layer i's token step's arguments, for token x (n_embd,) at position pos."""
+    def _token_step_of(self, layer: Layer, path: str):
+        attn = [quant.serial_operand(t) for t in (layer.wq, layer.wk, layer.wv, layer.wo)]
+        ffn = [[quant.serial_operand(getattr(e, role)) for e in layer.experts]
+               for role in ("gate", "up", "down")]
+        operands = attn + [o for role in ffn for o in role]
+        if None in operands or any(len({f for f, _ in role}) > 1 for role in ffn):
+            return None
+        formats = tuple(f for f, _ in attn) + tuple(role[0][0] for role in ffn)
+        router = (layer.router if layer.router is not None
+                  else np.empty((0, layer.attn_norm.size), np.float32))
+        return (_token_step(path, formats), tuple(b for _, b in attn),
+                tuple(tuple(b for _, b in role) for role in ffn),
+                (layer.attn_norm, layer.ffn_norm), router)
+
+    def _step_args(self, step, cache: KVCache, i: int, x: np.ndarray, pos: int,
+                   k: int) -> tuple:
+        """Layer i's token step's arguments, for token x (n_embd,) at position pos and
+        k experts a token."""
         t = pos + 1  # tokens it attends to
         parts = min(get_num_threads(), t // (LONG_CONTEXT // 2)) if t >= LONG_CONTEXT else 1
-        return (x, step[1], step[2], cache.k[i], cache.v[i], pos, self._rope.rotation,
-                self.config.norm_eps, parts)
+        _, attn, ffn, norms, router = step
+        return (x, attn, ffn, norms, cache.k[i], cache.v[i], pos, self._rope.rotation,
+                self.config.norm_eps, parts, router, k)
 
     def _step(self, tokens: np.ndarray, cache: KVCache, k: int,
               observer: RouteObserver | None, logits_all: bool) -> np.ndarray:
@@ -441,10 +484,14 @@ class Model:
             for i, step in enumerate(steps):
                 if step is not None and not step[0].overloads:
                     step[0].compile(tuple(numba.typeof(a) for a in
-                                          self._step_args(step, cache, i, x[0], 0)))
+                                          self._step_args(step, cache, i, x[0], 0, k)))
         for i, layer in enumerate(w.layers):
             if n == 1 and steps[i] is not None:
-                x = steps[i][0](*self._step_args(steps[i], cache, i, x[0], start))[None]
+                x, experts, weights = steps[i][0](*self._step_args(steps[i], cache, i, x[0],
+                                                                   start, k))
+                x = x[None]
+                if observer is not None and layer.router is not None:
+                    observer.on_route(i, positions, experts[None], weights[None])
                 continue
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
             every_q = i != last or n == 1  # queries of every token, with the keys and values
