@@ -277,6 +277,23 @@ def _token_step(path: str, formats: tuple[str, ...]):
     return step
 
 
+def _layer_step(layer: Layer, path: str):
+    """(kernel, attention's blocks, the experts' blocks, norms, router) of the layer's
+    token step on SIMD path `path`, or None (see Model._token_steps)."""
+    attn = [quant.serial_operand(t) for t in (layer.wq, layer.wk, layer.wv, layer.wo)]
+    ffn = [[quant.serial_operand(getattr(e, role)) for e in layer.experts]
+           for role in ("gate", "up", "down")]
+    if None in attn + [o for role in ffn for o in role] or any(
+            len({f for f, _ in role}) > 1 for role in ffn):
+        return None
+    formats = tuple(f for f, _ in attn) + tuple(role[0][0] for role in ffn)
+    router = (layer.router if layer.router is not None
+              else np.empty((0, layer.attn_norm.size), np.float32))
+    return (_token_step(path, formats), tuple(b for _, b in attn),
+            tuple(tuple(b for _, b in role) for role in ffn),
+            (layer.attn_norm, layer.ffn_norm), router)
+
+
 @njit(cache=True)
 def _top_experts(router, h, k):
     """route() for one token: softmax over the experts, the k best (the lower number
@@ -443,23 +460,8 @@ class Model:
         formats."""
         key = (quant.kernel_path(), get_num_threads() > 1)
         if key not in self._steps:
-            self._steps[key] = [self._token_step_of(layer, key[0]) for layer in
-                                self.weights.layers]
+            self._steps[key] = [_layer_step(layer, key[0]) for layer in self.weights.layers]
         return self._steps[key]
-
-    def _token_step_of(self, layer: Layer, path: str):
-        attn = [quant.serial_operand(t) for t in (layer.wq, layer.wk, layer.wv, layer.wo)]
-        ffn = [[quant.serial_operand(getattr(e, role)) for e in layer.experts]
-               for role in ("gate", "up", "down")]
-        operands = attn + [o for role in ffn for o in role]
-        if None in operands or any(len({f for f, _ in role}) > 1 for role in ffn):
-            return None
-        formats = tuple(f for f, _ in attn) + tuple(role[0][0] for role in ffn)
-        router = (layer.router if layer.router is not None
-                  else np.empty((0, layer.attn_norm.size), np.float32))
-        return (_token_step(path, formats), tuple(b for _, b in attn),
-                tuple(tuple(b for _, b in role) for role in ffn),
-                (layer.attn_norm, layer.ffn_norm), router)
 
     def _step_args(self, step, cache: KVCache, i: int, x: np.ndarray, pos: int,
                    k: int) -> tuple:
