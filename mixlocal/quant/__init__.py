@@ -91,6 +91,13 @@ def _simd(w: QTensor) -> bool:
     return w.qtype in BY_QTYPE and kernel_path() != "plain"
 
 
+def _parallel(nbytes: int) -> bool:
+    """Whether a product reading nbytes of weights splits its rows across threads: at
+    least PARALLEL_MIN_BYTES, and more than one thread set (on one, the serial kernels
+    serve every product and the parallel builds are never loaded)."""
+    return nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
+
+
 def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     """y = W x for one float32 vector x of length cols.
 
@@ -100,7 +107,7 @@ def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     x = _vectors(x, w.shape[1], 1)
     if _simd(w):
         return matvec_blocks(kernel_path(), w.qtype, _blocks(w), x,
-                             parallel=w.nbytes >= PARALLEL_MIN_BYTES)
+                             parallel=_parallel(w.nbytes))
     y = np.empty(w.shape[0], np.float32)
     with threads_for(w.nbytes):
         matvec_rows(_kind(w), _blocks(w), x, y)
@@ -112,7 +119,7 @@ def serial_operand(w: QTensor) -> tuple[str, np.ndarray] | None:
     or None where its products take another path: no SIMD kernel for its type, or
     weights big enough to split across threads (see threads.PARALLEL_MIN_BYTES) while
     more than one is set."""
-    if not _simd(w) or (w.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1):
+    if not _simd(w) or _parallel(w.nbytes):
         return None
     return BY_QTYPE[w.qtype], _blocks(w)
 
@@ -127,7 +134,7 @@ def matvec_multi(ws: list[QTensor], x: np.ndarray) -> list[np.ndarray]:
     if _share_input(ws):
         x = _vectors(x, ws[0].shape[1], 1)
         return _matvec_multi(kernel_path(), [(w.qtype, _blocks(w)) for w in ws], x,
-                             parallel=sum(w.nbytes for w in ws) >= PARALLEL_MIN_BYTES)
+                             parallel=_parallel(sum(w.nbytes for w in ws)))
     return [matvec(w, x) for w in ws]
 
 
