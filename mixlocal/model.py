@@ -231,6 +231,16 @@ _TOKEN_ARGS = "float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32"
 _TOKEN_KERNELS = ((_attend_token, f"({_TOKEN_ARGS}, int64)"), (_attend_short, f"({_TOKEN_ARGS})"))
 
 
+def _compile_token_kernels() -> None:
+    """Compile (or load from Numba's cache) a generated token's attention kernels with a
+    prompt, under a front end's compile notice, not mid-answer (the first time a
+    conversation passes LONG_CONTEXT, say): for these signatures, before a token step's
+    compiling makes others, which a later run would load but not these. 0.1 ms where
+    they are there already."""
+    for kernel, signature in _TOKEN_KERNELS:
+        kernel.compile(signature)
+
+
 @cache
 def _token_step(path: str, formats: tuple[str, ...]):
     """A layer's pass for one generated token, as one jitted call: its products on the
@@ -346,11 +356,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
             out = softmax(scores) @ v.transpose(1, 0, 2)
         return out.reshape(1, n_head * hd)
 
-    # Compiled (or loaded from Numba's cache) with a prompt, under a front end's compile
-    # notice, not mid-answer (the first time a conversation passes LONG_CONTEXT, say)
-    for kernel, signature in _TOKEN_KERNELS:
-        if not kernel.overloads:
-            kernel.compile(signature)
+    _compile_token_kernels()
     out = np.empty((n, n_head, hd), np.float32)
     # -inf where a query's key lies in its future, in a block's last QUERY_BLOCK keys
     future = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)
@@ -482,7 +488,8 @@ class Model:
         x = quant.get_rows(w.token_embd, tokens)
         last = len(w.layers) - 1 if not logits_all and observer is None else -1
         steps = self._token_steps()
-        if n > 1:  # compiled (or loaded) with a prompt, not mid-answer (see attention)
+        if n > 1:  # compiled (or loaded) with a prompt, not mid-answer
+            _compile_token_kernels()
             for i, step in enumerate(steps):
                 if step is not None and not step[0].overloads:
                     step[0].compile(tuple(numba.typeof(a) for a in
