@@ -19,7 +19,7 @@ import pytest
 from gguf.quants import dequantize as gguf_dequantize
 
 import mixlocal.quant as quant
-from mixlocal.quant import QT, QTensor, cpu, row_bytes
+from mixlocal.quant import QT, QTensor, cpu, row_bytes, simd
 from mixlocal.quant.matvec import FORMATS, matvec_blocks, matvec_multi, quantize_for
 from mixlocal.quant.q8 import (quantize_q8_0, quantize_q8_0_pairs, quantize_q8_k,
                                quantize_q8_k_crumbs, quantize_q8_k_halves,
@@ -107,6 +107,33 @@ def test_long_rows(path):
 _WEIGHT_BYTES = {QT.Q4_0: (2, 18), QT.Q4_1: (4, 20), QT.Q5_0: (2, 22), QT.Q5_1: (4, 24),
                  QT.Q8_0: (2, 34), QT.Q2_K: (16, 80), QT.Q3_K: (0, 96), QT.Q4_K: (16, 144),
                  QT.Q5_K: (16, 176), QT.Q6_K: (0, 192)}
+
+
+@pytest.mark.skipif(not simd.VBMI, reason="this CPU lacks AVX512-VBMI")
+def test_k4_scales_by_multishift_equal_the_scalar_decode():
+    """Q4_K's and Q5_K's 6-bit scales and minimums, decoded by vpmultishiftqb (this
+    CPU's kernels) and by scalar operations (CPUs without VBMI): the same 8 + 8 values
+    for every super-block, random bytes and all-ones bytes alike."""
+    from numba import njit
+
+    from mixlocal.quant.matvec import _q45_scales_bits, _q45_scales_vbmi
+    from mixlocal.quant.simd import fmul, low_i32, store_f32x8
+
+    @njit
+    def decoded(w):
+        out = np.empty((len(w), 2, 2, 8), np.float32)
+        for r in range(len(w)):
+            for k, (sc, mn) in enumerate((_q45_scales_bits(w, r * w.shape[1]),
+                                          _q45_scales_vbmi(w, r * w.shape[1]))):
+                store_f32x8(out[r, k, 0], 0, fmul(low_i32(sc), 1.0))
+                store_f32x8(out[r, k, 1], 0, fmul(low_i32(mn), 1.0))
+        return out
+
+    blocks = random_blocks(QT.Q4_K, (200, 256), np.random.default_rng(9))
+    blocks[0, 4:16] = 0xFF
+    out = decoded(blocks)
+    np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    assert out.max() == 63 and out.min() == 0
 
 
 @pytest.mark.skipif(not SIMD_PATHS, reason="this CPU has neither AVX2 nor AVX512-VNNI")

@@ -80,6 +80,9 @@ def _call(builder, name, ret, args):
 # thread 1.05-1.12x on Q4_K, 1.04x on Q4_0, 1.06x on Q3_K and Q5_K. Used when Numba
 # compiles for a CPU that has it (Numba's cache keys on the CPU's features).
 GFNI = "gfni" in host_features()
+# AVX512-VBMI's vpmultishiftqb picks eight bit fields from each quadword in one
+# instruction (k4_scales); where the CPU lacks it, callers decode with scalar operations.
+VBMI = {"avx512vbmi", "avx512vl"} <= host_features()
 _I64 = ir.IntType(64)
 
 
@@ -516,6 +519,57 @@ def bytes_i16(typingctx, a0, a1, a2, a3, sub):
         wide = builder.sext(builder.bitcast(words, ir.VectorType(_I8, 16)), _V16)
         return builder.sub(wide, _splat(builder, builder.trunc(args[4], _I16), _V16))
     return i16x16(a0, a1, a2, a3, sub), codegen
+
+
+# vpmultishiftqb control and masks for Q4_K's and Q5_K's 12 bytes of scales and
+# minimums (get_scale_min_k4): byte c < 4 of scales and minimums is the low 6 bits of
+# byte c or 4 + c; c >= 4 takes its low 4 bits from byte 8 + j (j = c - 4: its low
+# nibble for the scales, high for the minimums) and its top 2 from bits 6-7 of byte j
+# or 4 + j, picked from bit 8 j + 2 so that they land in bits 4-5.
+def _k4_controls(order):
+    a, b, ma, mb = [], [], [], []
+    for half, base in ((0, 0), (1, 32)):  # scales (in `order`), minimums (in x's)
+        for c in (order if half == 0 else range(8)):
+            if c < 4:
+                a.append(base + 8 * c), b.append(0), ma.append(0x3F), mb.append(0)
+            else:
+                j = c - 4
+                a.append(base + 8 * j + 2), b.append(8 * j + 4 * half)
+                ma.append(0x30), mb.append(0x0F)
+    return a, b, ma, mb
+
+
+def k4_scales(order):
+    """An intrinsic: (scales in the chunks' `order`, minimums in x's order), each in
+    lanes 0-7 of an i16x16, of the Q4_K / Q5_K super-block whose 12 bytes of 6-bit
+    scales and minimums start at byte `offset` of arr (it reads 16 bytes: 4 of the
+    quants after them). Two vpmultishiftqb where a scalar decode takes some 20
+    instructions; call only where VBMI."""
+    ctrl_a, ctrl_b, mask_a, mask_b = (_consts(ir.VectorType(_I8, 16), c)
+                                      for c in _k4_controls(order))
+
+    @intrinsic
+    def scales(typingctx, arr, offset):
+        def codegen(context, builder, sig, args):
+            v = builder.load(_at(context, builder, sig.args[0], args[0], args[1],
+                                 ir.VectorType(_I8, 16)), align=1)
+            q = builder.bitcast(v, ir.VectorType(_I64, 2))
+            picked = []
+            for k, ctrl in ((0, ctrl_a), (1, ctrl_b)):
+                data = builder.bitcast(builder.shuffle_vector(q, q, _consts(
+                    ir.VectorType(_I32, 2), [k, k])), ir.VectorType(_I8, 16))
+                picked.append(_call(builder, "llvm.x86.avx512.pmultishift.qb.128",
+                                    ir.VectorType(_I8, 16), [ctrl, data]))
+            both = builder.or_(builder.and_(picked[0], mask_a), builder.and_(picked[1], mask_b))
+            halves = [builder.zext(builder.shuffle_vector(both, both, _consts(
+                ir.VectorType(_I32, 8), range(h, h + 8))), ir.VectorType(_I16, 8))
+                for h in (0, 8)]
+            zero = ir.Constant(ir.VectorType(_I16, 8), [0] * 8)
+            out = [builder.shuffle_vector(h, zero, _consts(ir.VectorType(_I32, 16), range(16)))
+                   for h in halves]
+            return context.make_tuple(builder, sig.return_type, out)
+        return types.UniTuple(i16x16, 2)(arr, offset), codegen
+    return scales
 
 
 @intrinsic
