@@ -13,7 +13,8 @@ per (row, token): inlined, they share each weight block's decoding across the to
 and each activation block's loads across the rows. On AVX512-VNNI the K-quants (and
 Q8_0, eight blocks at a time) decode each 256-weight super-block once per tile into
 512-bit registers (`_decode`), and read the activations tile by tile in order
-(`_layout`).
+(`_layout`); Q4_K and Q5_K chain their dot products (`_q45_sb`) and pass 8 rows at a
+time over each super-block's activations (`ROWS_TOGETHER`).
 """
 
 from __future__ import annotations
