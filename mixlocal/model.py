@@ -231,14 +231,21 @@ _TOKEN_ARGS = "float32[:, ::1], float32[:, :, ::1], float32[:, :, ::1], float32"
 _TOKEN_KERNELS = ((_attend_token, f"({_TOKEN_ARGS}, int64)"), (_attend_short, f"({_TOKEN_ARGS})"))
 
 
+@cache
 def _compile_token_kernels() -> None:
-    """Compile (or load from Numba's cache) a generated token's attention kernels with a
-    prompt, under a front end's compile notice, not mid-answer (the first time a
-    conversation passes LONG_CONTEXT, say): for these signatures, before a token step's
-    compiling makes others, which a later run would load but not these. 0.1 ms where
-    they are there already."""
+    """Compile (or load from Numba's cache) a generated token's attention kernels, once
+    a process, with its first prompt: under a front end's compile notice, not mid-answer
+    (the first time a conversation passes LONG_CONTEXT, say); for these signatures,
+    before a token step's compiling makes others, which a later run would load but not
+    these."""
     for kernel, signature in _TOKEN_KERNELS:
         kernel.compile(signature)
+
+
+def _token_parts(t: int) -> int:
+    """Parts a generated token's attention over t cached tokens splits into across the
+    threads (_attend_token): one below LONG_CONTEXT, at most one per LONG_CONTEXT / 2."""
+    return min(get_num_threads(), t // (LONG_CONTEXT // 2)) if t >= LONG_CONTEXT else 1
 
 
 @cache
@@ -346,8 +353,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     scale = np.float32(1.0 / np.sqrt(hd))
     if n == 1:  # a generated token: no future keys
         if t >= LONG_CONTEXT:
-            parts = min(get_num_threads(), t // (LONG_CONTEXT // 2))
-            out = _attend_token(q[0], k, v, scale, parts)
+            out = _attend_token(q[0], k, v, scale, _token_parts(t))
         elif n_head * t * hd < SHORT_ATTENTION:
             out = _attend_short(q[0], k, v, scale)
         else:  # every head at once
@@ -473,11 +479,9 @@ class Model:
                    k: int) -> tuple:
         """Layer i's token step's arguments, for token x (n_embd,) at position pos and
         k experts a token."""
-        t = pos + 1  # tokens it attends to
-        parts = min(get_num_threads(), t // (LONG_CONTEXT // 2)) if t >= LONG_CONTEXT else 1
         _, attn, ffn, norms, router = step
         return (x, attn, ffn, norms, cache.k[i], cache.v[i], pos, self._rope.rotation,
-                self.config.norm_eps, parts, router, k)
+                self.config.norm_eps, _token_parts(pos + 1), router, k)
 
     def _step(self, tokens: np.ndarray, cache: KVCache, k: int,
               observer: RouteObserver | None, logits_all: bool) -> np.ndarray:

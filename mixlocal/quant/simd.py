@@ -241,16 +241,6 @@ low_nibble_pair, high_nibble_pair = _nibble_pair(0), _nibble_pair(4)
 
 
 @intrinsic
-def bits_u8x32(typingctx, arr, o0, o1, s0, s1, mask):
-    """(byte >> s0) & mask of the 16 bytes at o0, then (byte >> s1) & mask of the 16 at
-    o1 (mask < 1 << (8 - shift))."""
-    def codegen(context, builder, sig, args):
-        both = _load_pair(context, builder, sig.args[0], *args[:3], size=16)
-        return _fields(builder, both, args[3:5], args[5])
-    return u8x32(arr, o0, o1, s0, s1, mask), codegen
-
-
-@intrinsic
 def bit_bytes(typingctx, arr, offset, value):
     """Byte j = value where bit j of the little-endian uint32 at `offset` is set, else 0."""
     def codegen(context, builder, sig, args):
