@@ -4,8 +4,7 @@ One code path serves a prompt and a single token: every product goes through
 `quant.matmul`, which uses a matrix-vector kernel for one row and a matrix product for
 many. In the MoE layer all tokens are routed first, then each chosen expert runs once
 on the tokens it received; experts nobody chose are never read. A generated token's
-layer whose products run on one thread (a small model's, or any on one thread) takes
-the same steps in one jitted call instead (`_token_step`).
+layer takes the same steps in one jitted call instead (`_token_step`).
 """
 
 from __future__ import annotations
@@ -249,14 +248,15 @@ def _token_parts(t: int) -> int:
 
 
 @cache
-def _token_step(path: str, formats: tuple[str, ...]):
-    """A layer's pass for one generated token, as one jitted call: its products on the
-    calling thread (quant.times; the weights' formats, path: string literals in the
-    closure, which key Numba's cache), RoPE, the cache's new row, attention, routing and
-    SwiGLU. Python's glue between them cost more than the products of a small model's
-    layer (SmolLM2: 60 us a layer beside 150), and of a big model's from cold caches
-    (2-layer Mixtral: 1.5 ms of a 23 ms token)."""
-    fq, fk, fv, fo, fg, fu, fd = formats
+def _token_step(path: str, kinds: tuple[tuple[str, bool], ...]):
+    """A layer's pass for one generated token, as one jitted call: its products
+    (quant.times; kinds: each weight's format and whether its rows split across
+    threads, literals in the closure, with the SIMD path, which key Numba's cache),
+    RoPE, the cache's new row, attention, routing and SwiGLU. Python's glue between
+    them cost more than the products of a small model's layer (SmolLM2: 60 us a layer
+    beside 150), and of a big model's from cold caches (2-layer Mixtral: 1.5 ms of a
+    23 ms token)."""
+    (fq, pq), (fk, pk), (fv, pv), (fo, po), (fg, pg), (fu, pu), (fd, pd) = kinds
 
     @njit(cache=True)
     def step(x, attn, ffn, norms, k_cache, v_cache, pos, rotation, eps, parts, router, k):
@@ -267,18 +267,18 @@ def _token_step(path: str, formats: tuple[str, ...]):
         wq, wk, wv, wo = attn
         n_kv, hd = k_cache.shape[1], k_cache.shape[2]
         h = rms_norm(x.reshape(1, -1), norms[0], eps)[0]
-        q = quant.times(fq, path, wq, h).reshape(1, -1, hd)
-        keys = quant.times(fk, path, wk, h).reshape(1, n_kv, hd)
+        q = quant.times(fq, path, wq, h, pq).reshape(1, -1, hd)
+        keys = quant.times(fk, path, wk, h, pk).reshape(1, n_kv, hd)
         positions = np.full(1, pos)
         _rotate(q.view(np.complex64), rotation, positions)
         _rotate(keys.view(np.complex64), rotation, positions)
         k_cache[pos] = keys[0]
-        v_cache[pos] = quant.times(fv, path, wv, h).reshape(n_kv, hd)
+        v_cache[pos] = quant.times(fv, path, wv, h, pv).reshape(n_kv, hd)
         scale = np.float32(1.0 / np.sqrt(hd))
         keys, values = k_cache[:pos + 1], v_cache[:pos + 1]
         a = (_attend_token(q[0], keys, values, scale, parts) if parts > 1
              else _attend_short(q[0], keys, values, scale))
-        x = x + quant.times(fo, path, wo, a.reshape(-1))
+        x = x + quant.times(fo, path, wo, a.reshape(-1), po)
 
         h = rms_norm(x.reshape(1, -1), norms[1], eps)[0]
         experts, weights = (_top_experts(router, h, k) if len(router)
@@ -287,9 +287,9 @@ def _token_step(path: str, formats: tuple[str, ...]):
         out = np.zeros_like(x)
         for j in range(len(experts)):
             e = experts[j]
-            g = quant.times(fg, path, gates[e], h).reshape(1, -1)
-            u = quant.times(fu, path, ups[e], h).reshape(1, -1)
-            out += weights[j] * quant.times(fd, path, downs[e], _swiglu_serial(g, u)[0])
+            g = quant.times(fg, path, gates[e], h, pg).reshape(1, -1)
+            u = quant.times(fu, path, ups[e], h, pu).reshape(1, -1)
+            out += weights[j] * quant.times(fd, path, downs[e], _swiglu_serial(g, u)[0], pd)
         return x + out, experts, weights
     return step
 
@@ -297,17 +297,17 @@ def _token_step(path: str, formats: tuple[str, ...]):
 def _layer_step(layer: Layer, path: str):
     """(kernel, attention's blocks, the experts' blocks, norms, router) of the layer's
     token step on SIMD path `path`, or None (see Model._token_steps)."""
-    attn = [quant.serial_operand(t) for t in (layer.wq, layer.wk, layer.wv, layer.wo)]
-    ffn = [[quant.serial_operand(getattr(e, role)) for e in layer.experts]
+    attn = [quant.operand(t) for t in (layer.wq, layer.wk, layer.wv, layer.wo)]
+    ffn = [[quant.operand(getattr(e, role)) for e in layer.experts]
            for role in ("gate", "up", "down")]
     if None in attn + [o for role in ffn for o in role] or any(
-            len({f for f, _ in role}) > 1 for role in ffn):
+            len({o[:2] for o in role}) > 1 for role in ffn):
         return None
-    formats = tuple(f for f, _ in attn) + tuple(role[0][0] for role in ffn)
+    kinds = tuple(o[:2] for o in attn) + tuple(role[0][:2] for role in ffn)
     router = (layer.router if layer.router is not None
               else np.empty((0, layer.attn_norm.size), np.float32))
-    return (_token_step(path, formats), tuple(b for _, b in attn),
-            tuple(tuple(b for _, b in role) for role in ffn),
+    return (_token_step(path, kinds), tuple(o[2] for o in attn),
+            tuple(tuple(o[2] for o in role) for role in ffn),
             (layer.attn_norm, layer.ffn_norm), router)
 
 
@@ -468,7 +468,7 @@ class Model:
     def _token_steps(self) -> list:
         """Per layer, (kernel, attention's blocks, the experts' blocks, norms, router) of
         its jitted token step (_token_step), or None where a generated token takes the
-        Python path: products that do (quant.serial_operand), or experts of mixed
+        Python path: weights with no SIMD kernel (quant.operand), or experts of mixed
         formats."""
         key = (quant.kernel_path(), get_num_threads() > 1)
         if key not in self._steps:

@@ -314,14 +314,18 @@ def test_token_kernels_compile_with_a_prompt(tmp_path):
     assert out.split() == ["0"]
 
 
-def _decode_both_ways(path, monkeypatch):
+def _decode_both_ways(path, monkeypatch, split=False):
     """Logits, cache and routes of PROMPT's last tokens decoded one by one after its
-    first five, with the token steps (model._token_step) and on the Python path."""
+    first five, with the token steps (model._token_step) and on the Python path; with
+    split, every product's rows split across threads (the parallel kernels, which any
+    thread count runs)."""
     runs = []
+    if split:
+        monkeypatch.setattr(mixlocal.quant, "_parallel", lambda nbytes: True)
     for jitted in (True, False):
         with monkeypatch.context() as m:
             if not jitted:
-                m.setattr(mixlocal.quant, "serial_operand", lambda w: None)
+                m.setattr(mixlocal.quant, "operand", lambda w: None)
             model = Model.load(path)
             cache = model.new_cache(64)
             model.forward(PROMPT[:5], cache)
@@ -334,29 +338,33 @@ def _decode_both_ways(path, monkeypatch):
     return runs
 
 
-@pytest.mark.parametrize("quant", ["q4_0", "q4_k_m"])
-def test_dense_token_step_matches_the_python_path(tmp_path, monkeypatch, quant):
+@pytest.mark.parametrize("quant,split", [("q4_0", False), ("q4_k_m", False),
+                                         ("q4_k_m", True)])
+def test_dense_token_step_matches_the_python_path(tmp_path, monkeypatch, quant, split):
     """A dense layer's generated token runs as one jitted call (model._token_step), its
-    products on the calling thread (quant.times); compiled with the prompt, it gives the
-    Python path's logits and cache rows, with attention in one part and, past
-    LONG_CONTEXT (lowered here), split across threads. Q4_0 reads its blocks eight at a
-    time; the q4_k_m mix has Q4_K, Q5_K, Q6_K and Q8_0."""
+    products through quant.times, on the calling thread or (split) across threads;
+    compiled with the prompt, it gives the Python path's logits and cache rows, with
+    attention in one part and, past LONG_CONTEXT (lowered here), split across threads.
+    Q4_0 reads its blocks eight at a time; the q4_k_m mix has Q4_K, Q5_K, Q6_K and
+    Q8_0."""
     config = dataclasses.replace(TINY["kquant"], n_expert=0, n_expert_used=0)
     path = write_model(tmp_path / f"dense-{quant}.gguf", config, quant)
     monkeypatch.setattr(model_module, "LONG_CONTEXT", 8)
-    (got, got_cache, _), (want, want_cache, _) = _decode_both_ways(path, monkeypatch)
+    (got, got_cache, _), (want, want_cache, _) = _decode_both_ways(path, monkeypatch, split)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(got_cache.k, want_cache.k, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_cache.v, want_cache.v, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind,quant", [("moe", "q8_0"), ("kquant", "q4_k_m")])
-def test_moe_token_step_matches_the_python_path(tiny_model, monkeypatch, kind, quant):
+@pytest.mark.parametrize("kind,quant,split", [("moe", "q8_0", False),
+                                              ("kquant", "q4_k_m", False),
+                                              ("kquant", "q4_k_m", True)])
+def test_moe_token_step_matches_the_python_path(tiny_model, monkeypatch, kind, quant, split):
     """A MoE layer's generated token in one jitted call routes it as the Python path
     does (same experts, weights within 1e-5) and gives its logits within a percent of
     their spread: the router's float32 sums run in another order than BLAS's, and a
     change in the last bit can turn an 8-bit activation's rounding downstream."""
-    runs = _decode_both_ways(tiny_model(kind, quant), monkeypatch)
+    runs = _decode_both_ways(tiny_model(kind, quant), monkeypatch, split)
     (got, _, got_routes), (want, _, want_routes) = runs
     assert len(got_routes.calls) == len(want_routes.calls) > 0
     for (layer, positions, experts, weights), want_call in zip(got_routes.calls,

@@ -24,7 +24,7 @@ from .threads import PARALLEL_MIN_BYTES, run_split, threads_for
 
 __all__ = ["QT", "QTensor", "SUPPORTED", "block_size", "row_bytes", "type_size",
            "matvec", "matvec_multi", "matmul", "matmul_multi", "dequantize", "get_rows",
-           "times", "serial_operand"]
+           "times", "operand"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,14 +114,13 @@ def matvec(w: QTensor, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def serial_operand(w: QTensor) -> tuple[str, np.ndarray] | None:
-    """(format, blocks) of w for `times` (W x on the calling thread, inside jitted code),
-    or None where its products take another path: no SIMD kernel for its type, or
-    weights big enough to split across threads (see threads.PARALLEL_MIN_BYTES) while
-    more than one is set."""
-    if not _simd(w) or _parallel(w.nbytes):
+def operand(w: QTensor) -> tuple[str, bool, np.ndarray] | None:
+    """(format, parallel, blocks) of w for `times` (W x inside jitted code), or None
+    where no SIMD kernel reads its type; parallel: whether its rows split across
+    threads (threads.PARALLEL_MIN_BYTES)."""
+    if not _simd(w):
         return None
-    return BY_QTYPE[w.qtype], _blocks(w)
+    return BY_QTYPE[w.qtype], _parallel(w.nbytes), _blocks(w)
 
 
 def _share_input(ws: list[QTensor]) -> bool:

@@ -608,14 +608,9 @@ def _group_impl(fmt, path, acc, w, o, xq, xd, xs, b):
 PREFETCH_BYTES = 8192
 
 
-@_inline
-def _prefetch(w, o, nbytes):
-    for line in range(0, nbytes, 64):
-        prefetch_l2(w, o + PREFETCH_BYTES + line)
-
-
 def _row_kernel(fmt: str, path: str, parallel: bool):
     step = type_size(FORMATS[fmt][0])  # bytes per block: a constant in each kernel
+    pair = 2 * step
     rows = prange if parallel else range  # in the closure: it keys Numba's cache
 
     @njit(cache=True, parallel=parallel)
@@ -627,7 +622,7 @@ def _row_kernel(fmt: str, path: str, parallel: bool):
             acc0, acc1 = zeros_f32(), zeros_f32()  # two chains hide the FMA latency
             c0, c1 = np.float32(0.0), np.float32(0.0)
             for b in range(0, nb - 1, 2):
-                _prefetch(w, o + b * step, 2 * step)
+                prefetch_l2(w, o + b * step + PREFETCH_BYTES, pair)
                 acc0, c0 = _block(fmt, path, acc0, c0, w, o + b * step, xq, xd, xs, b)
                 acc1, c1 = _block(fmt, path, acc1, c1, w, o + b * step + step, xq, xd, xs, b + 1)
             if nb % 2:
@@ -638,6 +633,7 @@ def _row_kernel(fmt: str, path: str, parallel: bool):
 
 def _grouped_row_kernel(fmt: str, path: str, parallel: bool):
     step = type_size(FORMATS[fmt][0])
+    group = GROUP * step
     rows = prange if parallel else range
 
     @njit(cache=True, parallel=parallel)
@@ -649,10 +645,10 @@ def _grouped_row_kernel(fmt: str, path: str, parallel: bool):
             o = r * w.shape[1]
             acc, rest, c = zeros_f32(), zeros_f32(), np.float32(0.0)
             for b in range(0, whole, GROUP):
-                _prefetch(w, o + b * step, GROUP * step)
+                prefetch_l2(w, o + b * step + PREFETCH_BYTES, group)
                 acc = _group(fmt, path, acc, w, o + b * step, xq, xd, xs, b)
             for b in range(whole, nb):
-                _prefetch(w, o + b * step, step)
+                prefetch_l2(w, o + b * step + PREFETCH_BYTES, step)
                 rest, c = _block(fmt, path, rest, c, w, o + b * step, xq, xd, xs, b)
             y[r] = hsum(fadd(acc, rest)) + c
     return kernel
@@ -682,20 +678,21 @@ def quantize_for(qtype: QT, x: np.ndarray) -> Q8:
     return quantizer(qtype)(x)
 
 
-def times(fmt, path, w, x):
-    """W x on the calling thread, for jitted callers (the model's generated tokens): w
-    the blocks (rows, row_bytes) of format `fmt` (a FORMATS name), x a C-contiguous
-    float32 vector, quantized here as the matvec kernel reads it (fmt and path: string
-    literals)."""
+def times(fmt, path, w, x, parallel):
+    """W x for jitted callers (the model's generated tokens): w the blocks (rows,
+    row_bytes) of format `fmt` (a FORMATS name), x a C-contiguous float32 vector,
+    quantized here as the matvec kernel reads it; rows split across threads if
+    `parallel`, else on the calling thread (fmt, path and parallel: literals)."""
 
 
 @overload(times, prefer_literal=True)
-def _times_impl(fmt, path, w, x):
-    if not (isinstance(fmt, types.StringLiteral) and isinstance(path, types.StringLiteral)):
+def _times_impl(fmt, path, w, x, parallel):
+    if not all(isinstance(a, types.Literal) for a in (fmt, path, parallel)):
         return None
-    quantize, kernel = _product(path.literal_value, FORMATS[fmt.literal_value][0], False)
+    quantize, kernel = _product(path.literal_value, FORMATS[fmt.literal_value][0],
+                                parallel.literal_value)
 
-    def impl(fmt, path, w, x):
+    def impl(fmt, path, w, x, parallel):
         xq, xd, xs = quantize(x)
         y = np.empty(w.shape[0], np.float32)
         kernel(w, xq, xd, xs, y)
