@@ -26,6 +26,22 @@ def test_top_k_keeps_the_best_in_order():
     assert list(top_k(LOGITS, 0)[0]) == [3, 0, 5, 2, 1, 4]
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_is_a_stable_sort_s_prefix(ties):
+    """The heap selection keeps what a stable sort by falling logit puts first (the
+    lower id first among equals), for any k, NaN left out."""
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        n, k = int(rng.integers(1, 2000)), int(rng.integers(1, 100))
+        logits = (rng.integers(-4, 4, n) if ties else rng.standard_normal(n)).astype(np.float32)
+        logits[rng.integers(0, n, 3)] = np.nan
+        order = np.argsort(-logits, kind="stable")
+        want = order[~np.isnan(logits[order])][:k]
+        ids, got = top_k(logits, k)
+        np.testing.assert_array_equal(ids, want)
+        np.testing.assert_array_equal(got, logits[want])
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     ids, logits = top_k(LOGITS, 0)
     p = np.exp(logits) / np.exp(logits).sum()  # 0.574, 0.211, 0.078, 0.047, ...
