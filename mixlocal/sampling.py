@@ -127,6 +127,9 @@ class Sampler:
         if s.temperature == 0:
             return int(np.argmax(logits))
         ids, cand = top_k(logits, s.top_k)
+        if not len(ids):
+            raise ValueError("the model gave no logit to sample from, only NaN "
+                             "(a damaged model file?)")
         ids, cand = top_p(ids, cand, s.top_p)
         ids, cand = min_p(ids, cand, s.min_p)
         cdf = np.cumsum(_probs(cand / np.float32(s.temperature)))

@@ -42,6 +42,11 @@ def test_top_k_is_a_stable_sort_s_prefix(ties):
         np.testing.assert_array_equal(got, logits[want])
 
 
+def test_sampling_nan_logits_is_a_clear_error():
+    with pytest.raises(ValueError, match="NaN"):
+        Sampler(SamplerSettings(seed=0)).sample(np.full(6, np.nan, np.float32))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     ids, logits = top_k(LOGITS, 0)
     p = np.exp(logits) / np.exp(logits).sum()  # 0.574, 0.211, 0.078, 0.047, ...
