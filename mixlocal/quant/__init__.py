@@ -12,7 +12,7 @@ import numpy as np
 from numba import get_num_threads
 
 from ..ggml_types import GGMLType as QT
-from .dequant import dequant_rows, gather_rows
+from .dequant import row_kernels
 from .formats import SUPPORTED, block_size, row_bytes, type_size
 from .cpu import kernel_path
 from .gemm import matmul_q8, matmul_q8_multi
@@ -65,12 +65,12 @@ def _vectors(x: np.ndarray, cols: int, ndim: int) -> np.ndarray:
 
 def dequantize(w: QTensor) -> np.ndarray:
     """The whole matrix as float32 (rows, cols)."""
-    kind, data = _kind(w), _blocks(w)
+    rows, data = row_kernels(_kind(w))[0], _blocks(w)
     out = np.empty(w.shape, np.float32)
 
     def decode(starts):
         for r0 in starts:
-            dequant_rows(kind, data[r0:r0 + _ROWS_PER_TASK], out[r0:r0 + _ROWS_PER_TASK])
+            rows(data[r0:r0 + _ROWS_PER_TASK], out[r0:r0 + _ROWS_PER_TASK])
 
     run_split(decode, range(0, w.shape[0], _ROWS_PER_TASK))
     return out
@@ -82,7 +82,7 @@ def get_rows(w: QTensor, ids) -> np.ndarray:
     if ids.size and not (0 <= ids.min() and ids.max() < w.shape[0]):
         raise IndexError(f"row ids must lie in [0, {w.shape[0]})")
     out = np.empty((ids.size, w.shape[1]), np.float32)
-    gather_rows(_kind(w), _blocks(w), ids, out)
+    row_kernels(_kind(w))[1](_blocks(w), ids, out)
     return out
 
 

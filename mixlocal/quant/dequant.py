@@ -1,18 +1,20 @@
 """Numba dequantization: block bytes, where they lie, to float32 rows.
 
 One `dequant_row_<format>(src, dst)` per format decodes one row (`src`: its uint8
-blocks, `dst`: float32 of the row's length). `dequant_row` dispatches on the GGML type
-number, and the drivers below it (runs of rows, gathered rows) serve every format.
+blocks, `dst`: float32 of the row's length). `dequant_row` picks one by its GGML type
+number, and `row_kernels` builds the drivers (runs of rows, gathered rows) per type.
 Layouts follow gguf-py's quants.py, and each kernel repeats its float32 operations in
 the same order, so results match it bit for bit.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ..ggml_types import GGMLType as QT
 # Type numbers as plain ints: Numba freezes these globals into the kernels.
@@ -299,47 +301,41 @@ def dequant_row_q6_k(src, dst):
 
 # -- dispatch and drivers -----------------------------------------------------------
 
-@njit(cache=True)
+# GGML type number -> its row decoder
+DECODERS = {Q4_K: dequant_row_q4_k, Q6_K: dequant_row_q6_k, Q8_0: dequant_row_q8_0,
+            Q5_K: dequant_row_q5_k, Q4_0: dequant_row_q4_0, Q3_K: dequant_row_q3_k,
+            Q2_K: dequant_row_q2_k, Q5_0: dequant_row_q5_0, Q4_1: dequant_row_q4_1,
+            Q5_1: dequant_row_q5_1, F32: dequant_row_f32, F16: dequant_row_f16,
+            BF16: dequant_row_bf16}
+
+
 def dequant_row(qtype, src, dst):
-    """Decode one row of any supported type (qtype: the GGML type number)."""
-    if qtype == Q4_K:
-        dequant_row_q4_k(src, dst)
-    elif qtype == Q6_K:
-        dequant_row_q6_k(src, dst)
-    elif qtype == Q8_0:
-        dequant_row_q8_0(src, dst)
-    elif qtype == Q5_K:
-        dequant_row_q5_k(src, dst)
-    elif qtype == Q4_0:
-        dequant_row_q4_0(src, dst)
-    elif qtype == Q3_K:
-        dequant_row_q3_k(src, dst)
-    elif qtype == Q2_K:
-        dequant_row_q2_k(src, dst)
-    elif qtype == Q5_0:
-        dequant_row_q5_0(src, dst)
-    elif qtype == Q4_1:
-        dequant_row_q4_1(src, dst)
-    elif qtype == Q5_1:
-        dequant_row_q5_1(src, dst)
-    elif qtype == F32:
-        dequant_row_f32(src, dst)
-    elif qtype == F16:
-        dequant_row_f16(src, dst)
-    elif qtype == BF16:
-        dequant_row_bf16(src, dst)
+    """Decode one row of type `qtype` (a GGML type number), for jitted callers, with
+    qtype a constant of theirs: each compiles its own type's decoder alone (a branch
+    over every type compiled all thirteen, 8 s of a first run's 40)."""
 
 
-# Serial and GIL-free: callers split the rows over threads (see threads.py).
-@njit(cache=True, nogil=True)
-def dequant_rows(qtype, data, out):
-    """out[r] = row r of `data` (uint8 (rows, row_bytes)) as float32."""
-    for r in range(data.shape[0]):
-        dequant_row(qtype, data[r], out[r])
+@overload(dequant_row, prefer_literal=True)
+def _dequant_row_impl(qtype, src, dst):
+    if not isinstance(qtype, types.IntegerLiteral):
+        return None  # Numba retries with the literal
+    decode = DECODERS[qtype.literal_value]
+    return lambda qtype, src, dst: decode(src, dst)
 
 
-@njit(cache=True, nogil=True)
-def gather_rows(qtype, data, ids, out):
-    """out[i] = row ids[i] of `data` as float32 (an embedding lookup)."""
-    for i in range(ids.size):
-        dequant_row(qtype, data[ids[i]], out[i])
+@cache
+def row_kernels(qtype: int):
+    """(rows(data, out), gather(data, ids, out)) for one type, compiled on first use:
+    out[r] = row r of `data` (uint8 (rows, row_bytes)) as float32, and out[i] = row
+    ids[i] of it (an embedding lookup). Serial and GIL-free: callers split the rows
+    over threads (see threads.py)."""
+    @njit(cache=True, nogil=True)
+    def rows(data, out):
+        for r in range(data.shape[0]):
+            dequant_row(qtype, data[r], out[r])
+
+    @njit(cache=True, nogil=True)
+    def gather(data, ids, out):
+        for i in range(ids.size):
+            dequant_row(qtype, data[ids[i]], out[i])
+    return rows, gather

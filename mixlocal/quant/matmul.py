@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dequant import dequant_rows
+from .dequant import row_kernels
 from .threads import run_split
 
 TILE_BYTES = 1 << 20  # float32 bytes of dequantized weights per tile...
@@ -22,13 +22,14 @@ def matmul_tiled(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
     rows, cols = data.shape[0], x.shape[1]
     tile_rows = min(rows, max(MIN_TILE_ROWS, TILE_BYTES // (4 * cols)))
     y = np.empty((x.shape[0], rows), np.float32)
+    decode = row_kernels(qtype)[0]
 
     def multiply(starts):
         tile = np.empty((tile_rows, cols), np.float32)
         for r0 in starts:
             r1 = min(rows, r0 + tile_rows)
             t = tile[:r1 - r0]
-            dequant_rows(qtype, data[r0:r1], t)
+            decode(data[r0:r1], t)
             np.matmul(x, t.T, out=y[:, r0:r1])
 
     run_split(multiply, range(0, rows, tile_rows))

@@ -7,6 +7,8 @@ vectorized float32 dot product.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from numba import njit, prange
 
@@ -24,12 +26,19 @@ def dot(a, b):
     return acc
 
 
-@njit(cache=True, parallel=True)
-def matvec_rows(qtype, data, x, y):
-    """y[r] = dequantized row r of `data` . x"""
-    rows = data.shape[0]
-    for c in prange((rows + _CHUNK - 1) // _CHUNK):
-        buf = np.empty(x.size, np.float32)
-        for r in range(c * _CHUNK, min(rows, (c + 1) * _CHUNK)):
-            dequant_row(qtype, data[r], buf)
-            y[r] = dot(buf, x)
+def matvec_rows(qtype: int, data: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    """y[r] = dequantized row r of `data` (GGML type `qtype`) . x"""
+    _kernel(qtype)(data, x, y)
+
+
+@cache
+def _kernel(qtype: int):
+    @njit(cache=True, parallel=True)
+    def kernel(data, x, y):
+        rows = data.shape[0]
+        for c in prange((rows + _CHUNK - 1) // _CHUNK):
+            buf = np.empty(x.size, np.float32)
+            for r in range(c * _CHUNK, min(rows, (c + 1) * _CHUNK)):
+                dequant_row(qtype, data[r], buf)
+                y[r] = dot(buf, x)
+    return kernel
