@@ -65,8 +65,8 @@ def _worse(logits, a, b):
 @njit(cache=True)
 def _best(logits, k):
     """Ids of the k best logits in top_k's order: one pass keeping them in a heap whose
-    root is the worst kept (a 49,152-token vocabulary in 0.05 ms, where numpy's
-    argpartition took 0.5: a tenth of a small model's token)."""
+    root is the worst kept, then a heapsort of those (a 49,152-token vocabulary in 0.05
+    ms, where numpy's argpartition took 0.5: a tenth of a small model's token)."""
     heap = np.empty(k, np.int64)
     n = 0
     for i in range(len(logits)):
@@ -80,18 +80,27 @@ def _best(logits, k):
                 j = (j - 1) // 2
             heap[j] = i
         elif logits[i] > logits[heap[0]]:  # a later id ties as worse; NaN never passes
-            j = 0  # sift down from the root
-            while 2 * j + 1 < n:
-                c = 2 * j + 1
-                if c + 1 < n and _worse(logits, heap[c + 1], heap[c]):
-                    c += 1
-                if not _worse(logits, heap[c], i):
-                    break
-                heap[j] = heap[c]
-                j = c
-            heap[j] = i
-    ids = np.sort(heap[:n])
-    return ids[np.argsort(-logits[ids], kind="mergesort")]
+            _replace_root(logits, heap, n, i)
+    for end in range(n - 1, 0, -1):  # the worst kept to the back, in turn
+        worst = heap[0]
+        _replace_root(logits, heap, end, heap[end])
+        heap[end] = worst
+    return heap[:n]
+
+
+@njit(cache=True)
+def _replace_root(logits, heap, n, i):
+    """Put id i at the root of the heap heap[:n] and sift it down to its place."""
+    j = 0
+    while 2 * j + 1 < n:
+        c = 2 * j + 1
+        if c + 1 < n and _worse(logits, heap[c + 1], heap[c]):
+            c += 1
+        if not _worse(logits, heap[c], i):
+            break
+        heap[j] = heap[c]
+        j = c
+    heap[j] = i
 
 
 def _probs(logits: np.ndarray) -> np.ndarray:
