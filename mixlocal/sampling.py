@@ -133,12 +133,13 @@ class Sampler:
         s = self.settings
         recent = list(recent_ids)[-s.repeat_last_n:] if s.repeat_last_n > 0 else []
         logits = repeat_penalty(logits, recent, s.repeat_penalty)
-        if s.temperature == 0:
-            return int(np.argmax(logits))
-        ids, cand = top_k(logits, s.top_k)
+        greedy = s.temperature == 0
+        ids, cand = top_k(logits, 1 if greedy else s.top_k)
         if not len(ids):
             raise ValueError("the model gave no logit to sample from, only NaN "
                              "(a damaged model file?)")
+        if greedy:  # the best, the lower id among equals
+            return int(ids[0])
         ids, cand = top_p(ids, cand, s.top_p)
         ids, cand = min_p(ids, cand, s.min_p)
         cdf = np.cumsum(_probs(cand / np.float32(s.temperature)))

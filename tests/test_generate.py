@@ -42,9 +42,11 @@ def test_top_k_is_a_stable_sort_s_prefix(ties):
         np.testing.assert_array_equal(got, logits[want])
 
 
-def test_sampling_nan_logits_is_a_clear_error():
+@pytest.mark.parametrize("settings", [SamplerSettings(seed=0), GREEDY], ids=["draw", "greedy"])
+def test_sampling_nan_logits_is_a_clear_error(settings):
     with pytest.raises(ValueError, match="NaN"):
-        Sampler(SamplerSettings(seed=0)).sample(np.full(6, np.nan, np.float32))
+        Sampler(settings).sample(np.full(6, np.nan, np.float32))
+    assert Sampler(settings).sample(np.array([np.nan, 1.0, np.nan], np.float32)) == 1
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():

@@ -33,6 +33,7 @@ def matvec_rows(qtype: int, data: np.ndarray, x: np.ndarray, y: np.ndarray) -> N
 
 @cache
 def _kernel(qtype: int):
+    """matvec_rows' kernel for one type: it compiles that type's row decoder alone."""
     @njit(cache=True, parallel=True)
     def kernel(data, x, y):
         rows = data.shape[0]
