@@ -14,11 +14,9 @@ weights' low bits. The 32-weight formats also have a group function, eight block
 a time (`_GROUPS`). Two row loops serve every format and path, `_grouped_row_kernel`
 (group functions, then block functions for a row's last blocks) and `_row_kernel`
 (the K-quants' block functions); each is compiled per (format, path) from a closure
-over those strings (and the block size), which also keys Numba's cache. Numba checks
-only the compiled file's date for that cache: after editing simd.py or q8.py alone (or
-this file alone, for gemm.py's kernels), clear mixlocal/quant/__pycache__, and
-mixlocal/__pycache__ too (the model's token steps call these kernels through `times`;
-a step cached before such an edit has failed a test after it).
+over those strings (and the block size), which also keys Numba's cache (and
+jit_cache.py drops that cache whenever any source file changes, since a kernel carries
+code inlined from others).
 """
 
 from __future__ import annotations
