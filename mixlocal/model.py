@@ -143,6 +143,15 @@ def _rotate(pairs, rotation, positions):
                 p[i] *= r[i]
 
 
+@njit(cache=True, inline="always")
+def _put(dst, src):
+    """dst[...] = src, value by value, for contiguous arrays of one size: Numba's array
+    assignment compiles its message for mismatched shapes, a second of a first start."""
+    d, s = dst.reshape(-1), src.reshape(-1)
+    for i in range(d.size):
+        d[i] = s[i]
+
+
 QUERY_BLOCK = 64  # a prompt's queries per step of attention
 # A generated token's q.k products (heads x cached tokens x head size) below which its
 # attention runs jitted on the calling thread (_attend_short): a small model's numpy
@@ -209,7 +218,8 @@ def _attend_token(q, k, v, scale, parts):
             total += f * totals[p, h]
             for i in range(hd):
                 out[h, i] += f * outs[p, h, i]
-        out[h] /= total
+        for i in range(hd):
+            out[h, i] /= total
     return out
 
 
@@ -221,7 +231,8 @@ def _attend_short(q, k, v, scale):
     top, total = np.empty(n_head, np.float32), np.empty(n_head, np.float32)
     _attend_part(q, k, v, 0, k.shape[0], scale, out, top, total)
     for h in range(n_head):
-        out[h] /= total[h]
+        for i in range(hd):
+            out[h, i] /= total[h]
     return out
 
 
@@ -272,8 +283,8 @@ def _token_step(path: str, kinds: tuple[tuple[str, bool], ...]):
         positions = np.full(1, pos)
         _rotate(q.view(np.complex64), rotation, positions)
         _rotate(keys.view(np.complex64), rotation, positions)
-        k_cache[pos] = keys[0]
-        v_cache[pos] = quant.times(fv, path, wv, h, pv).reshape(n_kv, hd)
+        _put(k_cache[pos], keys[0])
+        _put(v_cache[pos], quant.times(fv, path, wv, h, pv))
         scale = np.float32(1.0 / np.sqrt(hd))
         keys, values = k_cache[:pos + 1], v_cache[:pos + 1]
         a = (_attend_token(q[0], keys, values, scale, parts) if parts > 1

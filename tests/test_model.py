@@ -296,8 +296,12 @@ def test_token_kernels_compile_with_a_prompt(tmp_path):
     """A generated token's attention kernels compile (or load from Numba's cache) with a
     prompt, under a front end's compile notice, not mid-answer (when a conversation first
     passes LONG_CONTEXT, say): a fresh cache, a prompt, then a short-context token and a
-    long-context one compile nothing."""
+    long-context one compile nothing. Nor do they compile Numba's message for arrays of
+    mismatched shapes (array assignment would: seconds of a first start)."""
     code = ("import numpy as np\n"
+            "from numba.core import event\n"
+            "compiles = event.RecordingListener()\n"
+            "event.register('numba:compile', compiles)\n"
             "from mixlocal.jit_notice import on_first_compile\n"
             "from mixlocal.model import LONG_CONTEXT, attention\n"
             "q, kv = np.ones((4, 8, 16), np.float32), np.ones((4, 2, 16), np.float32)\n"
@@ -307,11 +311,13 @@ def test_token_kernels_compile_with_a_prompt(tmp_path):
             "with on_first_compile(lambda: compiled.append(1)):\n"
             "    attention(q[:1], kv[:5], kv[:5], 4)\n"
             "    attention(q[:1], long, long, LONG_CONTEXT - 1)\n"
-            "print(len(compiled))\n")
+            "names = [getattr(ev.data['dispatcher'].py_func, '__qualname__', '')\n"
+            "         for _, ev in compiles.buffer if ev.is_start]\n"
+            "print(len(compiled), sum('raise_with_shape' in name for name in names))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
-    assert out.split() == ["0"]
+    assert out.split() == ["0", "0"]
 
 
 def _decode_both_ways(path, monkeypatch, split=False):
