@@ -28,8 +28,8 @@ def test_gemm_against_matvec_and_float64(qtype, path):
     rng = np.random.default_rng(7)
     # rows beyond a multiple of 4 share a tile with a repeated row; tokens are padded to
     # 4s, and the K-quants take 8 at a time with a tail of 4 (on VNNI: 16, then 4, then
-    # the last one or two alone; or a padded 4 or 16 where 3 or more are left; Q4_K and
-    # Q5_K in blocks of 8 rows, here two and one more, over two tiles)
+    # the last one or two alone; or a padded 4 or 16 where 3 or more are left; in blocks
+    # of 8 rows, here two and one more, over two tiles)
     for rows, n in ((1, 2), (7, 5), (66, 9), (33, 4), (5, 16), (3, 20), (4, 15), (6, 18),
                     (2, 19), (17, 37)):
         cols = _cols(qtype)[rows % 2]

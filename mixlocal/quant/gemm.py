@@ -13,8 +13,8 @@ per (row, token): inlined, they share each weight block's decoding across the to
 and each activation block's loads across the rows. On AVX512-VNNI the K-quants (and
 Q8_0, eight blocks at a time) decode each 256-weight super-block once per tile into
 512-bit registers (`_decode`), and read the activations tile by tile in order
-(`_layout`); Q4_K and Q5_K chain their dot products (`_q45_sb`) and pass 8 rows at a
-time over each super-block's activations (`ROWS_TOGETHER`).
+(`_layout`); Q4_K and Q5_K chain their dot products (`_q45_sb`), and the K-quants pass
+8 rows at a time over each super-block's activations (`ROWS_TOGETHER`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from numba.extending import overload
 from .matvec import (BY_QTYPE, FLOAT_SUMS, FORMATS, _block, _k_float_mins, _k_offset_total,
                      _k_total, pair_sums, q2_pairs, q2_scales, q3_pairs, q3_scales, q4_k_pairs,
                      q5_k_pairs, q6_pairs, q6_scales, q8_0_scales, q45_scales)
+from .formats import type_size
 from .q8 import quantize_q8_k_halves
 from .simd import (at, block_dots, chain_lanes, chained_quad, f16_at, fma, fmul, group_scales,
-                   hsum, load_f32x8, load_u8x64, low_i32, mul_i16, plus_128, store_f32x8,
-                   zero_sum, zeros_f32)
+                   hsum, load_f32x8, load_u8x64, low_i32, mul_i16, plus_128, prefetch_l1,
+                   store_f32x8, zero_sum, zeros_f32)
 
 CHUNK_BYTES = 512 << 10  # 8-bit activations per kernel call: half a Zen 4 core's L2
 TOKENS = 4  # tokens per step of a tile; quantized tokens are padded with zeros to a multiple
@@ -351,15 +352,18 @@ def _row_by1(fmt, w, o, step, nb, xq, xd, xs, tb):
 TILE = 16  # tokens per tile of the K-quant kernels on vnni; then tiles of 4
 # Rows that pass over a tile's activations together, one super-block at a time, so that
 # all but the first read them from L1, their accumulators to memory and back between
-# passes. For the formats whose products cost least per token (Q4_K, Q5_K: _q45_sb)
-# reading 256 bytes from L2 per token and super-block bounds a row passing alone:
-# 8 rows together and the chained products 1.16-1.2x on Q4_K, where either alone gained
-# nothing. The others pass alone (Q6_K 0.93x, Q8_0 0.9x together: compute-bound).
-ROWS_TOGETHER = {"q4_k": 8, "q5_k": 8}
+# passes; each asks for its next pass's weights a pass ahead, into L1. A row passing
+# alone read 256 bytes of activations from L2 per token and super-block; a row's pass
+# waited for its weights (from DRAM on a block's first tile, L2 after) until they came
+# ahead of it. Together, with the chained products, Q4_K 1.16-1.2x where either alone
+# gained nothing; then prefetching, Q4_K 1.07-1.15x more, Q6_K 1.04-1.11x (0.93x
+# together without it), Q2_K, Q3_K and Q5_K 1.02x. Q8_0 passes alone (0.99x together).
+ROWS_TOGETHER = {"q2_k": 8, "q3_k": 8, "q4_k": 8, "q5_k": 8, "q6_k": 8}
 
 
 def _kernel_k(fmt: str):
     together = ROWS_TOGETHER.get(fmt, 1)
+    ahead = type_size(FORMATS[fmt][0]) + 63  # a super-block's lines, wherever it starts
 
     @njit(cache=True, parallel=True)
     def kernel(w, xq, xd, xs, y):
@@ -381,6 +385,8 @@ def _kernel_k(fmt: str):
                 for b in range(0, nb, per_pass):
                     for r in range(first, end):
                         i = 128 * (r - first)
+                        if together > 1:
+                            prefetch_l1(w, r * w.shape[1] + (b + 1) * step, ahead)
                         quads = _row_by16(fmt, w, r * w.shape[1], step, b, min(b + per_pass, nb),
                                           xq, xd, xs, t * nb,
                                           _saved_quads(part, i) if b else _zero_quads())

@@ -161,22 +161,31 @@ def f16_at(typingctx, arr, offset):
     return types.float32(arr, offset), codegen
 
 
-@intrinsic
-def prefetch_l2(typingctx, arr, offset, nbytes):
-    """Ask for the cache lines of bytes offset..offset + nbytes (a constant) ahead of
-    use, into L2 only: the stream of weights then does not push the activations out of
-    L1 (never faults, even past the array's end). One prefetch per 64 bytes, unrolled:
-    a loop of them took a fifth of the Q4_K matvec's instructions."""
-    if not isinstance(nbytes, types.IntegerLiteral):
-        return None  # Numba retries with the literal
+def _prefetcher(locality: int):
+    """An intrinsic (arr, offset, nbytes) asking for the cache lines of bytes offset..
+    offset + nbytes (a constant) ahead of use, at LLVM's locality (3: into L1, 2: L2);
+    it never faults, even past the array's end. One prefetch per 64 bytes, unrolled: a
+    loop of them took a fifth of the Q4_K matvec's instructions."""
+    @intrinsic
+    def prefetch(typingctx, arr, offset, nbytes):
+        if not isinstance(nbytes, types.IntegerLiteral):
+            return None  # Numba retries with the literal
 
-    def codegen(context, builder, sig, args):
-        for line in range(0, nbytes.literal_value, 64):
-            ptr = _at(context, builder, sig.args[0], args[0],
-                      builder.add(args[1], args[1].type(line)), _I8)
-            _call(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr, _I32(0), _I32(2), _I32(1)])
-        return context.get_dummy_value()
-    return types.none(arr, offset, nbytes), codegen
+        def codegen(context, builder, sig, args):
+            for line in range(0, nbytes.literal_value, 64):
+                ptr = _at(context, builder, sig.args[0], args[0],
+                          builder.add(args[1], args[1].type(line)), _I8)
+                _call(builder, "llvm.prefetch.p0", ir.VoidType(),
+                      [ptr, _I32(0), _I32(locality), _I32(1)])
+            return context.get_dummy_value()
+        return types.none(arr, offset, nbytes), codegen
+    return prefetch
+
+
+# Into L2: a matvec's stream of weights then does not push the activations out of L1
+prefetch_l2 = _prefetcher(2)
+# Into L1: a GEMM tile's next weights, read a few hundred cycles later
+prefetch_l1 = _prefetcher(3)
 
 
 def _load(result, ptype, align):
