@@ -70,6 +70,10 @@ def main():
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--best", action="store_true", help="fastest run, not the median")
     args = parser.parse_args()
+    names = args.types.upper().split(",")
+    unknown = [name for name in names if name not in QT.__members__]
+    if unknown:
+        parser.error(f"unknown type {unknown[0]}; GGUF names such as Q4_0, Q4_K, Q6_K")
     stat = np.min if args.best else np.median
     paths = [p for p in cpu.available_paths() if p != "plain"]
     x_of = {cols: np.random.default_rng(1).standard_normal(cols).astype(np.float32)
@@ -78,7 +82,7 @@ def main():
     print(f"load average {os.getloadavg()[0]:.1f}; GB/s of weight bytes, "
           f"{'fastest' if args.best else 'median'} of {args.runs} runs")
     print(" | ".join(f"{h:>10}" for h in header))
-    for name in args.types.split(","):
+    for name in names:
         qtype = QT[name]
         for rows, cols in SHAPES:
             mats = _matrices(qtype, rows, cols)
