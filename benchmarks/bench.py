@@ -341,9 +341,23 @@ def main() -> None:
         return
     if not args.files:
         p.error("no GGUF files given")
-    args.threads = [int(t) for t in args.threads.split(",")]
+    for path in args.files:
+        if not Path(path).is_file():
+            p.error(f"no such file: {path}")
+    if args.reps < 1:
+        p.error("--reps takes a count of at least 1")
+    args.threads = args.threads.split(",")
+    if not all(t.isdigit() and int(t) > 0 for t in args.threads):
+        p.error(f"--threads takes counts such as 1,2, not {','.join(args.threads)}")
+    args.threads = [int(t) for t in args.threads]
     args.tests = args.tests.split(",")
+    for test in args.tests:
+        if not (test[:2] in ("pp", "tg") and test[2:].isdigit() and int(test[2:]) > 0):
+            p.error(f"unknown test {test!r}: ppN (a prompt of N tokens) or tgN (N generated)")
     args.llama_settings = args.llama_settings.split(",")
+    for setting in args.llama_settings:
+        if setting not in ("mmap", "repack"):
+            p.error(f"unknown llama.cpp setting {setting!r}: mmap or repack")
     if args.no_llama:
         args.llama_python = None
     elif not args.llama_python:
@@ -356,7 +370,10 @@ def main() -> None:
     log(f"load average {os.getloadavg()[0]:.2f}")
     results = []
     for path in args.files:
-        result = bench_file(path, args, log)
+        try:
+            result = bench_file(path, args, log)
+        except ValueError as e:  # mixlocal's errors for a file it cannot run
+            p.exit(1, f"bench: {e}\n")
         summary = summarize(result)
         result["medians"] = [{"engine": e, "setting": s, "threads": t, **cell}
                              for (e, s, t), cell in summary.items()]

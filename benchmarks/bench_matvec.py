@@ -70,6 +70,8 @@ def main():
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--best", action="store_true", help="fastest run, not the median")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs takes a count of at least 1")
     names = args.types.upper().split(",")
     unknown = [name for name in names if name not in QT.__members__]
     if unknown:

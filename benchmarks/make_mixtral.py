@@ -28,6 +28,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("."), help="directory to write to")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.layers < 1:
+        p.error("--layers takes a count of at least 1")
+    unknown = [mix for mix in args.quant.split(",") if mix not in MIXES]
+    if unknown:
+        p.error(f"unknown quant mix {unknown[0]!r} (known: {', '.join(MIXES)})")
     config = dataclasses.replace(PRESETS["mixtral-8x7b"], n_layer=args.layers)
     args.out.mkdir(parents=True, exist_ok=True)
     for mix in args.quant.split(","):

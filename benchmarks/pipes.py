@@ -137,6 +137,11 @@ def main():
     parser.add_argument("--ghz", type=float, default=3.7, help="the core's clock")
     args = parser.parse_args()
     for spec in args.specs:
+        names, _, bits = spec.partition("@")
+        if bits not in ("256", "512") or not set(names.split("+")) <= OPS.keys():
+            parser.error(f"unknown test {spec!r}: instructions of {', '.join(OPS)} joined "
+                         "by +, then @256 or @512")
+    for spec in args.specs:
         print(f"{spec:24} {per_cycle(spec, args.ghz):5.2f} per cycle")
 
 
