@@ -384,12 +384,11 @@ def _kernel_k(fmt: str):
             for t in range(0, full, TILE):
                 for b in range(0, nb, per_pass):
                     for r in range(first, end):
-                        i = 128 * (r - first)
-                        if together > 1:
-                            prefetch_l1(w, r * w.shape[1] + (b + 1) * step, ahead)
-                        quads = _row_by16(fmt, w, r * w.shape[1], step, b, min(b + per_pass, nb),
-                                          xq, xd, xs, t * nb,
-                                          _saved_quads(part, i) if b else _zero_quads())
+                        i, o = 128 * (r - first), r * w.shape[1]
+                        if together > 1:  # the row's next pass (ROWS_TOGETHER)
+                            prefetch_l1(w, o + (b + 1) * step, ahead)
+                        quads = _row_by16(fmt, w, o, step, b, min(b + per_pass, nb), xq, xd, xs,
+                                          t * nb, _saved_quads(part, i) if b else _zero_quads())
                         if b + per_pass < nb:
                             _save_quads(part, i, quads)
                         else:
